@@ -1,0 +1,411 @@
+"""The OpenAPI document of the HTTP and SSE contract, served at GET /openapi.json.
+
+It is OpenAPI 3.2 because 3.2's `itemSchema` describes one event of a
+`text/event-stream`; each event's `data` names its JSON with `contentMediaType`
+and `contentSchema`, so a fuzzer checks every event a stream sends, not only
+the status line. Errors are declared once (`ERRORS`) and attached to operations
+by code, so each documented status also pins the codes it may carry.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from copy import deepcopy
+from functools import cache
+from typing import Any
+
+__all__ = ["ERRORS", "EVENT_NAMES", "openapi_document"]
+
+Json = dict[str, Any]
+
+MAX_TOPIC_CHARS = 200
+MAX_PREFER_WAIT_S = 60
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_STAGES = ("queued", "outline", "content", "style", "done")
+JOB_ERROR_CODES = (
+    "bad_outline", "llm_auth", "llm_rate_limited", "llm_overloaded", "llm_timeout",
+    "llm_error", "timeout", "shutdown", "worker_lost", "cancelled",
+)
+TERMINAL_EVENTS = ("done", "error", "cancelled")
+EVENT_NAMES = ("status", "outline", "progress", "delta", "section", *TERMINAL_EVENTS)
+
+# code -> (status, when it happens). The single list of request errors.
+ERRORS: dict[str, tuple[int, str]] = {
+    "malformed_body": (400, "the body is not a JSON object or form with a `topic` string"),
+    "invalid_last_event_id": (400, "`Last-Event-ID` or `last_event_id` is not a number"),
+    "invalid_cursor": (400, "`cursor` is not one this service handed out"),
+    "invalid_limit": (400, "`limit` is not a whole number in range"),
+    "invalid_status": (400, "`status` is not a job status"),
+    "unauthorized": (401, "`API_TOKENS` is set and the bearer token (or `?token=`) is missing or wrong"),
+    "not_found": (404, "no such job, or it expired"),
+    "method_not_allowed": (405, "the path exists but not with this method"),
+    "idempotency_conflict": (409, "this `Idempotency-Key` was used with another body"),
+    "not_cancellable": (409, "the job already succeeded or failed"),
+    "body_too_large": (413, "the body is larger than the service accepts"),
+    "unsupported_media_type": (415, "the body is neither JSON nor form-encoded"),
+    "invalid_topic": (422, "the topic is empty after trimming, too long, or holds control characters"),
+    "queue_full": (429, "the job queue is full"),
+    "rate_limited": (429, "this client sent too many requests"),
+    "too_many_streams": (429, "too many event streams are open"),
+    "shutting_down": (503, "the service is draining before it stops"),
+    "not_ready": (503, "the service does not accept jobs now"),
+}
+
+# What `str.strip()` removes, and the C0/C1 control characters (Unicode Cc).
+_STRIPPED = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+# Whitespace around the topic is trimmed; what is left is 1..200 characters with no
+# control character, and starts and ends with neither whitespace nor a control character.
+TOPIC_PATTERN = (
+    rf"^[{_STRIPPED}]*[^{_STRIPPED}{_CONTROL}]"
+    rf"(?:[^{_CONTROL}]{{0,{MAX_TOPIC_CHARS - 2}}}[^{_STRIPPED}{_CONTROL}])?[{_STRIPPED}]*$"
+)
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: Json, *, required: tuple[str, ...] | None = None, **extra: Any) -> Json:
+    """An object schema; every property is required unless `required` says otherwise."""
+    names = list(properties) if required is None else list(required)
+    return {"type": "object", "required": names, "properties": properties, **extra}
+
+
+def _json(schema: Json) -> Json:
+    return {"application/json": {"schema": schema}}
+
+
+_PROGRESS: Json = {"type": "integer", "minimum": 0, "maximum": 100}
+_INDEX: Json = {"type": "integer", "minimum": 0}
+_RETRY_AFTER: Json = {
+    "description": "Seconds to wait before trying again.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+_LOCATION: Json = {
+    "description": "The job's URL, `/api/jobs/{id}`.",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^/api/jobs/j_[A-Za-z0-9_-]{22}$"},
+}
+
+
+def _errors(*codes: str) -> dict[str, Json]:
+    """One response per status among `codes`, its `error.code` pinned to those codes."""
+    by_status: dict[int, list[str]] = defaultdict(list)
+    for code in codes:
+        by_status[ERRORS[code][0]].append(code)
+    responses: dict[str, Json] = {}
+    for status, status_codes in sorted(by_status.items()):
+        schema = {
+            "allOf": [_ref("Error")],
+            "properties": {"error": {"properties": {"code": {"enum": status_codes}}}},
+        }
+        description = "; ".join(f"`{code}`: {ERRORS[code][1]}" for code in status_codes)
+        response: Json = {"description": description[0].upper() + description[1:] + ".",
+                          "content": _json(schema)}
+        if status in (429, 503):
+            response["headers"] = {"Retry-After": _RETRY_AFTER}
+        responses[str(status)] = response
+    return responses
+
+
+def _job_response(description: str, *, location: bool = True) -> Json:
+    response: Json = {"description": description, "content": _json(_ref("Job")),
+                      "links": deepcopy(_JOB_LINKS)}
+    if location:
+        response["headers"] = {"Location": _LOCATION}
+    return response
+
+
+# Stateful testing follows these from a created job to the operations on it.
+_JOB_LINKS: Json = {
+    name: {"operationId": operation_id, "parameters": {"id": "$response.body#/id"}}
+    for name, operation_id in (("GetJob", "getJob"), ("CancelJob", "cancelJob"),
+                               ("StreamJobEvents", "streamJobEvents"))
+}
+
+
+def _schemas() -> Json:
+    nullable_time: Json = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "Topic": {
+            "type": "string",
+            "pattern": TOPIC_PATTERN,
+            "description": (f"What the article is about. Trimmed of surrounding whitespace, then "
+                            f"1..{MAX_TOPIC_CHARS} characters with no control characters."),
+            "examples": ["Home composting"],
+        },
+        "JobRequest": _object({"topic": _ref("Topic")}),
+        "Job": _object({
+            "id": {"type": "string", "pattern": "^j_[A-Za-z0-9_-]{22}$",
+                   "description": "Opaque, URL-safe, 128+ bits of randomness."},
+            "topic": {"type": "string"},
+            "status": {"enum": list(JOB_STATUSES)},
+            "stage": {"enum": list(JOB_STAGES)},
+            "progress": {**_PROGRESS, "description": "0..100; never decreases."},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": nullable_time,
+            "finished_at": nullable_time,
+            "sections": {"type": ["array", "null"], "items": {"type": "string"},
+                         "description": "Section titles once the outline exists."},
+            "article": {"type": ["string", "null"],
+                        "description": "The styled article (markdown) once the job succeeded."},
+            "error": {"oneOf": [_ref("JobError"), {"type": "null"}],
+                      "description": "Why the job failed or was cancelled."},
+            "links": _object({"self": {"type": "string"}, "events": {"type": "string"}}),
+        }),
+        "JobError": _object({"code": {"enum": list(JOB_ERROR_CODES)}, "message": {"type": "string"}}),
+        "JobList": _object({
+            "jobs": {"type": "array", "items": _ref("Job"), "description": "Newest first."},
+            "next_cursor": {"type": ["string", "null"],
+                            "description": "Pass as `cursor` for the next page; null on the last."},
+        }),
+        "ErrorBody": _object({
+            "code": {"type": "string", "pattern": "^[a-z][a-z0-9]*(_[a-z0-9]+)*$"},
+            "message": {"type": "string", "description": "One human sentence."},
+        }),
+        "Error": _object({"error": _ref("ErrorBody")}),
+        **_event_schemas(),
+    }
+
+
+def _event_schemas() -> Json:
+    """The JSON in each event's `data` line."""
+    return {
+        "StatusEvent": _object({"status": {"enum": ["queued", "running"]},
+                                "stage": {"enum": list(JOB_STAGES)}, "progress": _PROGRESS}),
+        "OutlineEvent": _object({"sections": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                 "progress": _PROGRESS}),
+        "ProgressEvent": _object({"stage": {"enum": ["outline", "content", "style", "done"]},
+                                  "progress": _PROGRESS, "message": {"type": "string"}}),
+        "DeltaEvent": {
+            **_object({"stage": {"enum": ["content", "style"]}, "index": {"type": ["integer", "null"]},
+                       "text": {"type": "string"}, "reset": {"type": "boolean"}}),
+            "description": ("Appends `text` to a section (`content`, its 0-based `index`) or to the "
+                            "styled article (`style`, `index` null); `reset` drops that part's text first."),
+            "oneOf": [
+                {"properties": {"stage": {"const": "content"}, "index": _INDEX}},
+                {"properties": {"stage": {"const": "style"}, "index": {"type": "null"}}},
+            ],
+        },
+        "SectionEvent": _object({"index": _INDEX, "title": {"type": "string"}, "content": {"type": "string"},
+                                 "completed": {"type": "integer", "minimum": 1},
+                                 "total": {"type": "integer", "minimum": 1}, "progress": _PROGRESS}),
+        "DoneEvent": {"allOf": [_ref("Job")],
+                      "properties": {"status": {"const": "succeeded"}, "article": {"type": "string"}}},
+        "CancelledEvent": _object({"code": {"const": "cancelled"}, "message": {"type": "string"}}),
+        "StreamEvent": _stream_event(),
+    }
+
+
+def _stream_event() -> Json:
+    """One SSE frame as a client parses it; `data` is checked against its event's schema."""
+    payloads = {"status": "StatusEvent", "outline": "OutlineEvent", "progress": "ProgressEvent",
+                "delta": "DeltaEvent", "section": "SectionEvent", "done": "DoneEvent",
+                "error": "JobError", "cancelled": "CancelledEvent"}
+    return {
+        **_object({
+            "id": {"type": "string", "pattern": "^[1-9][0-9]*$",
+                   "description": "The job's own sequence number: 1, 2, 3, ... with no gaps."},
+            "event": {"enum": list(EVENT_NAMES)},
+            "data": {"type": "string", "description": "One line of JSON; its shape depends on `event`."},
+        }),
+        "oneOf": [
+            {"properties": {"event": {"const": event},
+                            "data": {"contentMediaType": "application/json",
+                                     "contentSchema": _ref(schema)}}}
+            for event, schema in payloads.items()
+        ],
+    }
+
+
+def _parameters() -> Json:
+    return {
+        "JobId": {"name": "id", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^j_[A-Za-z0-9_-]{22}$"}},
+        "IdempotencyKey": {
+            "name": "Idempotency-Key", "in": "header",
+            "description": "The same key with the same body returns the same job (200); with another body, 409.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        },
+        "Prefer": {
+            "name": "Prefer", "in": "header",
+            "description": (f"`wait=N` (N <= {MAX_PREFER_WAIT_S}): hold the answer up to N seconds and "
+                            "return 201 with the finished job if it ends by then. Other preferences "
+                            "are ignored (RFC 7240)."),
+            "schema": {"type": "string"},
+            "examples": {"wait": {"value": "wait=5"}},
+        },
+        "LastEventIdHeader": {
+            "name": "Last-Event-ID", "in": "header",
+            "description": "Replay the events with a larger id; sent by EventSource when it reconnects.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "LastEventIdQuery": {
+            "name": "last_event_id", "in": "query",
+            "description": "As `Last-Event-ID`, for clients that cannot set headers.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "Status": {"name": "status", "in": "query", "description": "Only jobs in this status.",
+                   "schema": {"enum": list(JOB_STATUSES)}},
+        "Limit": {"name": "limit", "in": "query", "description": "Page size.",
+                  "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+        "Cursor": {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page.",
+                   "schema": {"type": "string"}},
+    }
+
+
+def _param(name: str) -> Json:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+def _api_paths() -> Json:
+    job_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _ref("JobRequest")},
+            "application/x-www-form-urlencoded": {"schema": _ref("JobRequest")},
+        },
+    }
+    stream_events = {
+        "description": ("The job's events, then the stream ends after the terminal event (`done`, "
+                        "`error` or `cancelled`). It opens with `retry: 2000`; `: keep-alive` comments "
+                        "go out while nothing happens."),
+        "headers": {
+            "Cache-Control": {"required": True, "schema": {"const": "no-store"}},
+            "X-Accel-Buffering": {"required": True, "schema": {"const": "no"}},
+        },
+        "content": {"text/event-stream": {
+            "itemSchema": _ref("StreamEvent"),
+            # At most one terminal event: it ends the stream.
+            "schema": {"type": "array", "contains": {"properties": {"event": {"enum": list(TERMINAL_EVENTS)}}},
+                       "minContains": 0, "maxContains": 1},
+        }},
+    }
+    return {
+        "/api/jobs": {
+            "post": {
+                "operationId": "submitJob",
+                "summary": "Start writing an article",
+                "parameters": [_param("IdempotencyKey"), _param("Prefer")],
+                "requestBody": job_body,
+                "responses": {
+                    "200": _job_response("The job this `Idempotency-Key` already created, for the same body."),
+                    "201": _job_response("`Prefer: wait=N` and the job ended in time: the finished job."),
+                    "202": _job_response("Accepted: the job is queued or running."),
+                    **_errors("malformed_body", "unauthorized", "idempotency_conflict", "body_too_large",
+                              "unsupported_media_type", "invalid_topic", "queue_full", "rate_limited",
+                              "shutting_down"),
+                },
+            },
+            "get": {
+                "operationId": "listJobs",
+                "summary": "List jobs, newest first (only the caller's when tokens are set)",
+                "parameters": [_param("Status"), _param("Limit"), _param("Cursor")],
+                "responses": {
+                    "200": {"description": "One page of jobs.", "content": _json(_ref("JobList"))},
+                    **_errors("invalid_cursor", "invalid_limit", "invalid_status", "unauthorized",
+                              "rate_limited"),
+                },
+            },
+        },
+        "/api/jobs/{id}": {
+            "parameters": [_param("JobId")],
+            "get": {
+                "operationId": "getJob",
+                "summary": "A job's state",
+                "responses": {"200": _job_response("The job.", location=False),
+                              **_errors("unauthorized", "not_found", "rate_limited")},
+            },
+            "delete": {
+                "operationId": "cancelJob",
+                "summary": "Cancel a queued or running job",
+                "responses": {
+                    "202": {"description": "Cancellation accepted; the job ends `cancelled` promptly.",
+                            "content": _json(_ref("Job"))},
+                    **_errors("unauthorized", "not_found", "not_cancellable", "rate_limited"),
+                },
+            },
+        },
+        "/api/jobs/{id}/events": {
+            "parameters": [_param("JobId")],
+            "get": {
+                "operationId": "streamJobEvents",
+                "summary": "The job's events as Server-Sent Events",
+                "security": [{}, {"bearerAuth": []}, {"queryToken": []}],
+                "parameters": [_param("LastEventIdHeader"), _param("LastEventIdQuery")],
+                "responses": {
+                    "200": stream_events,
+                    "204": {"description": "The client already saw the terminal event."},
+                    **_errors("invalid_last_event_id", "unauthorized", "not_found", "too_many_streams",
+                              "rate_limited"),
+                },
+            },
+        },
+    }
+
+
+def _service_paths() -> Json:
+    def get(operation_id: str, summary: str, responses: Json) -> Json:
+        return {"get": {"operationId": operation_id, "summary": summary, "security": [],
+                        "responses": responses}}
+
+    return {
+        "/": get("demoPage", "The demo page", {
+            "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}},
+        }),
+        "/static/{file}": {
+            "parameters": [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}],
+            **get("staticFile", "A file of the demo page", {
+                "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
+                "404": {"description": "No such file."},
+            }),
+        },
+        "/healthz": get("healthz", "Liveness: 200 while the process lives", {
+            "200": {"description": "Alive.", "content": _json({"type": "object"})},
+        }),
+        "/readyz": get("readyz", "Readiness: 200 while it accepts jobs", {
+            "200": {"description": "Ready.", "content": _json({"type": "object"})},
+            **_errors("not_ready"),
+        }),
+        "/metrics": get("metrics", "Prometheus metrics", {
+            "200": {"description": "Prometheus text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+        }),
+        "/openapi.json": get("openapi", "This document", {
+            "200": {"description": "OpenAPI 3.2.", "content": _json({"type": "object"})},
+        }),
+    }
+
+
+@cache
+def _document() -> Json:
+    return {
+        "openapi": "3.2.0",
+        "info": {
+            "title": "ArticleStream",
+            "version": "1.0.0",
+            "summary": "Submit a topic, then watch the article being written as Server-Sent Events.",
+        },
+        # The service runs open unless API_TOKENS is set, so no credentials is also allowed.
+        "security": [{}, {"bearerAuth": []}],
+        "paths": {**_api_paths(), **_service_paths()},
+        "components": {
+            "schemas": _schemas(),
+            "parameters": _parameters(),
+            "responses": {"MethodNotAllowed": _errors("method_not_allowed")["405"]},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "One of the tokens in API_TOKENS."},
+                "queryToken": {"type": "apiKey", "in": "query", "name": "token",
+                               "description": "The same token as a query parameter, for EventSource."},
+            },
+        },
+    }
+
+
+def openapi_document() -> Json:
+    """The OpenAPI 3.2 document; a fresh copy, so a caller cannot alter the shared one."""
+    return deepcopy(_document())

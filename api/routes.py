@@ -1,0 +1,179 @@
+"""The HTTP endpoints of the contract."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from pipeline.jobs import NotCancellable, QueueFull, ShuttingDown
+from pipeline.job import Job, JobStatus
+
+from .access import client_address, owner_of
+from .body import read_submit, valid_topic
+from .errors import ApiError
+from .openapi import openapi_document
+from .ratelimit import retry_after
+from .service import Service
+from .stream import EventStream
+
+MAX_WAIT_S = 60
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+_PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_EVENT_ID = re.compile(r"\d{1,18}")
+
+
+def _service(request: Request) -> Service:
+    return request.state.service  # type: ignore[no-any-return]
+
+
+def _job_response(job: Job, status: int) -> JSONResponse:
+    return JSONResponse(job.public(), status_code=status, headers={"Location": f"/api/jobs/{job.id}"})
+
+
+async def _owned_job(request: Request, owner: str | None) -> Job:
+    # Another owner's job is answered exactly like a missing one, so ids leak nothing.
+    job = await _service(request).store.get(request.path_params["job_id"])
+    if job is None or job.owner != owner:
+        raise ApiError(404, "not_found", "No job with this id (it may have expired).")
+    return job
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "shutting_down", "The service is shutting down; try again shortly.",
+                    headers={"Retry-After": "5"})
+
+
+async def submit_job(request: Request) -> Response:
+    service = _service(request)
+    settings = service.settings
+    owner = owner_of(request, settings)
+    if service.runner.draining:
+        raise _shutting_down()
+    wait_s = _prefer_wait(request.headers.get("prefer", ""))
+    fields = await read_submit(request, settings)
+    topic = valid_topic(fields.get("topic"), settings)
+    idempotency = None
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise ApiError(400, "invalid_idempotency_key",
+                           "Idempotency-Key must be 1 to 200 printable ASCII characters.")
+        fingerprint = hashlib.sha256(topic.encode()).hexdigest()
+        if found := await service.store.find_idempotent(owner, key):
+            job, earlier = found
+            if earlier != fingerprint:
+                raise ApiError(409, "idempotency_conflict",
+                               "This Idempotency-Key was already used with another body.")
+            return _job_response(job, 200)
+        idempotency = (key, fingerprint)
+    limit_key = owner or client_address(request, settings)
+    if wait := service.limiter.acquire(limit_key):
+        raise ApiError(429, "rate_limited", "Too many jobs submitted; slow down.",
+                       headers={"Retry-After": retry_after(wait)})
+    try:
+        job = await service.runner.submit(topic, owner=owner, idempotency=idempotency)
+    except QueueFull:
+        raise ApiError(429, "queue_full", "Too many jobs are waiting; try again shortly.",
+                       headers={"Retry-After": "5"}) from None
+    except ShuttingDown:
+        raise _shutting_down() from None
+    if wait_s:
+        finished = await service.runner.wait_terminal(job.id, timeout_s=wait_s)
+        if finished is not None and finished.terminal:
+            return _job_response(finished, 201)
+    return _job_response(job, 202)
+
+
+async def list_jobs(request: Request) -> Response:
+    service = _service(request)
+    owner = owner_of(request, service.settings)
+    params = request.query_params
+    status = None
+    if params.get("status"):
+        try:
+            status = JobStatus(params["status"])
+        except ValueError:
+            raise ApiError(400, "invalid_status", "status must be one of: "
+                           + ", ".join(s.value for s in JobStatus) + ".") from None
+    raw_limit = params.get("limit", str(DEFAULT_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_PAGE}.")
+    limit = int(raw_limit)
+    cursor = params.get("cursor") or None
+    if cursor is not None:
+        job = await service.store.get(cursor)
+        if job is None or job.owner != owner:
+            raise ApiError(400, "invalid_cursor", "The cursor is unknown or has expired.")
+    jobs = await service.store.list(owner, status=status, limit=limit + 1, before=cursor)
+    page = jobs[:limit]
+    next_cursor = page[-1].id if len(jobs) > limit else None
+    return JSONResponse({"jobs": [job.public() for job in page], "next_cursor": next_cursor})
+
+
+async def get_job(request: Request) -> Response:
+    owner = owner_of(request, _service(request).settings)
+    return JSONResponse((await _owned_job(request, owner)).public())
+
+
+async def cancel_job(request: Request) -> Response:
+    service = _service(request)
+    job = await _owned_job(request, owner_of(request, service.settings))
+    try:
+        cancelled = await service.runner.cancel(job.id)
+    except NotCancellable as exc:
+        raise ApiError(409, "not_cancellable", f"The job has already {exc}.") from None
+    return _job_response(cancelled or job, 202)
+
+
+async def job_events(request: Request) -> Response | EventStream:
+    service = _service(request)
+    owner = owner_of(request, service.settings, allow_query=True)
+    job = await _owned_job(request, owner)
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        raw = request.query_params.get("last_event_id")
+    after = 0
+    if raw is not None and raw.strip():
+        if not _EVENT_ID.fullmatch(raw.strip()):
+            raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id (digits).")
+        after = int(raw)
+    if job.terminal and await service.store.read(job.id, after, timeout_s=0) is None:
+        return Response(status_code=204)  # the client already has the terminal event
+    if service.metrics.streams_open >= service.settings.max_streams:
+        raise ApiError(429, "too_many_streams", "Too many open event streams; try again shortly.",
+                       headers={"Retry-After": "5"})
+    return EventStream(service.store, job.id, after, settings=service.settings,
+                       metrics=service.metrics, closing=service.closing)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    if _service(request).runner.draining:
+        return JSONResponse({"error": {"code": "not_ready", "message": "The service is draining."}},
+                            status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_service(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+_openapi = functools.cache(openapi_document)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(_openapi())
+
+
+def _prefer_wait(header: str) -> int:
+    match = _PREFER_WAIT.search(header)
+    return min(int(match.group(1)), MAX_WAIT_S) if match else 0

@@ -1,0 +1,24 @@
+"""What the routes need, built by the lifespan and handed to each request as `request.state`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from pipeline.jobs import JobRunner
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+from pipeline.store import JobStore
+
+from .ratelimit import RateLimiter
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: JobStore
+    runner: JobRunner
+    metrics: Metrics
+    limiter: RateLimiter
+    #: set once the drain is over: open streams send a retry hint and end
+    closing: asyncio.Event

@@ -1,0 +1,118 @@
+"""The event stream of one job, as an ASGI response.
+
+Three things race in one task group, and the first to finish ends the others: the
+event pump, a listener for the client's disconnect, and a watcher for shutdown.
+Every `send` carries whole frames, so cancelling one never leaves half a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+from pipeline import sse
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+from pipeline.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+]
+_KEEP_ALIVE = sse.comment("keep-alive")
+
+
+class EventStream:
+    """Replays the job's events after `after`, then follows it live until its terminal event."""
+
+    def __init__(self, store: JobStore, job_id: str, after: int, *, settings: Settings,
+                 metrics: Metrics, closing: asyncio.Event) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.after = after
+        self.settings = settings
+        self.metrics = metrics
+        self.closing = closing
+        self.dropped = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.metrics.stream_opened()
+        try:
+            await self._serve(receive, send)
+        finally:
+            self.metrics.stream_closed()
+
+    async def _serve(self, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        # The first bytes go out at once, before any event exists.
+        if not await self._send(send, sse.retry(self.settings.retry_hint_ms)):
+            return
+        finished = False
+        async with anyio.create_task_group() as tg:
+
+            async def pump() -> None:
+                nonlocal finished
+                finished = await self._pump(send)
+                tg.cancel_scope.cancel()
+
+            async def on_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                self.dropped = True
+                tg.cancel_scope.cancel()
+
+            async def on_closing() -> None:
+                await self.closing.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(pump)
+            tg.start_soon(on_disconnect)
+            tg.start_soon(on_closing)
+        if self.dropped:
+            return
+        if not finished:
+            # Shutting down: tell the client to come back (elsewhere) soon, then close cleanly.
+            await self._send(send, sse.retry(self.settings.retry_hint_ms))
+        with anyio.move_on_after(self.settings.send_timeout_s):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, send: Send) -> bool:
+        """Send events until the log ends (True) or the client is dropped (False)."""
+        after = self.after
+        while True:
+            events = await self.store.read(self.job_id, after, timeout_s=self.settings.heartbeat_s)
+            if events is None:
+                return True
+            if not events:
+                if not await self._send(send, _KEEP_ALIVE):
+                    return False
+                continue
+            # One write for everything that is ready: the frames were encoded once, in the log.
+            if not await self._send(send, b"".join(event.frame for event in events)):
+                return False
+            self.metrics.events_sent.inc(len(events))
+            after = events[-1].id
+            if events[-1].terminal:
+                return True
+
+    async def _send(self, send: Send, body: bytes) -> bool:
+        """Write `body`; a client that has not taken it within SEND_TIMEOUT_SECONDS is dropped."""
+        try:
+            with anyio.move_on_after(self.settings.send_timeout_s) as scope:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        except OSError:  # the server noticed the disconnect first
+            self.dropped = True
+            return False
+        if scope.cancelled_caught:
+            logger.info("dropped a stream of job %s: the client stopped reading", self.job_id,
+                        extra={"job_id": self.job_id})
+            self.metrics.streams_dropped.inc()
+            self.dropped = True
+            return False
+        return True

@@ -1,0 +1,155 @@
+"""ArticleStream: the Starlette app (routes, lifespan, middleware). `python app.py` serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import FrameType
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import FileResponse, Response
+from starlette.requests import Request
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from api import routes
+from api.errors import EXCEPTION_HANDLERS
+from api.middleware import AccessLog, SecurityHeaders
+from api.ratelimit import RateLimiter
+from api.service import Service
+from pipeline.jobs import JobRunner
+from pipeline.llm import LLM, Provider, build_provider
+from pipeline.logs import configure_logging
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings, SettingsError
+from pipeline.store import MemoryJobStore
+
+logger = logging.getLogger("articlestream")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def create_app(settings: Settings, *, provider: Provider | None = None) -> Starlette:
+    """The app; `provider` replaces the one the settings name (tests hand in a scripted one)."""
+    shutdown_requested = asyncio.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Service]]:
+        metrics = Metrics()
+        llm_provider = provider or build_provider(settings, metrics)
+        llm = LLM(llm_provider, timeout_s=settings.llm_timeout_s,
+                  stream_attempts=settings.llm_stream_attempts, metrics=metrics)
+        store = MemoryJobStore(ttl_s=settings.job_ttl_s)
+        service = Service(
+            settings=settings,
+            store=store,
+            runner=JobRunner(store, llm, settings, metrics),
+            metrics=metrics,
+            limiter=RateLimiter(per_minute=settings.rate_limit_per_minute,
+                                burst=settings.rate_limit_burst),
+            closing=asyncio.Event(),
+        )
+
+        async def drain_on_request() -> None:
+            await shutdown_requested.wait()
+            await drain(service)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(service.runner.run)
+                tg.start_soon(drain_on_request)
+                try:
+                    yield {"service": service}
+                finally:
+                    # Without a signal (an embedding server, a test) the drain happens here.
+                    with anyio.CancelScope(shield=True):
+                        if not service.closing.is_set():
+                            await drain(service)
+                    tg.cancel_scope.cancel()
+        finally:
+            await llm_provider.aclose()
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    middleware = [Middleware(AccessLog), Middleware(SecurityHeaders)]
+    if settings.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
+                           "Prefer"],
+            expose_headers=["Location", "Retry-After"],
+        ))
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/healthz", routes.healthz),
+            Route("/readyz", routes.readyz),
+            Route("/metrics", routes.metrics),
+            Route("/openapi.json", routes.openapi),
+            Route("/api/jobs", routes.submit_job, methods=["POST"]),
+            Route("/api/jobs", routes.list_jobs, methods=["GET"]),
+            Route("/api/jobs/{job_id}", routes.get_job, methods=["GET"]),
+            Route("/api/jobs/{job_id}", routes.cancel_job, methods=["DELETE"]),
+            Route("/api/jobs/{job_id}/events", routes.job_events, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ],
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.shutdown_requested = shutdown_requested
+    return app
+
+
+async def drain(service: Service) -> None:
+    """Finish or end every job, then let open streams close."""
+    await service.runner.drain()
+    service.closing.set()
+
+
+class Server(uvicorn.Server):
+    """uvicorn, but the app hears SIGTERM at once, not after every stream has closed."""
+
+    def __init__(self, config: uvicorn.Config, shutdown_requested: asyncio.Event) -> None:
+        super().__init__(config)
+        self.shutdown_requested = shutdown_requested
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        logger.info("received %s: draining", signal.Signals(sig).name)
+        asyncio.get_running_loop().call_soon_threadsafe(self.shutdown_requested.set)
+        super().handle_exit(sig, frame)
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        raise SystemExit(f"articlestream: {exc}") from None
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # AccessLog logs requests without their query strings
+        timeout_graceful_shutdown=int(settings.shutdown_budget_s),
+        proxy_headers=False,  # api.access decides which proxies to believe
+    )
+    Server(config, app.state.shutdown_requested).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Bench: open many streams on a few slow running jobs, abandon them, and watch the server let go.
+
+Run from the repository root: `.venv/bin/python bench/abandoned_streams.py --streams 1000`.
+It starts the service itself on a free 127.0.0.1 port and prints one `name: value` line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from _server import Server, run_server
+
+OPEN_CONCURRENCY = 100
+OPEN_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.1
+# other samples worth a before/after look, when the service exposes them
+WATCHED_METRICS = ("task", "open_fds")
+
+
+def gauge_lines(metrics: str, needle: str) -> dict[str, float]:
+    """Samples (name with labels -> value) whose name contains `needle`."""
+    samples: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        if needle in name.split("{", 1)[0]:
+            samples[name] = float(value)
+    return samples
+
+
+async def open_streams_gauge(client: httpx.AsyncClient) -> float | None:
+    response = await client.get("/metrics")
+    samples = {
+        name: value
+        for name, value in gauge_lines(response.text, "open_streams").items()
+        if not name.split("{", 1)[0].endswith(("_created", "_total"))
+    }
+    return sum(samples.values()) if samples else None
+
+
+@dataclass
+class OpenStream:
+    response: httpx.Response
+    # held so that garbage collection cannot close the connection before we mean to
+    chunks: AsyncIterator[bytes]
+
+    async def abandon(self) -> None:
+        """Close the connection mid-stream without reading the rest."""
+        await self.chunks.aclose()  # type: ignore[attr-defined]
+        await self.response.aclose()
+
+
+async def open_one(
+    client: httpx.AsyncClient, job_id: str, gate: asyncio.Semaphore
+) -> OpenStream:
+    """Open a stream and wait for its first bytes, so the server holds it as open."""
+    async with gate:
+        request = client.build_request("GET", f"/api/jobs/{job_id}/events")
+        response = await client.send(request, stream=True)
+        if response.status_code != 200:
+            await response.aclose()
+            raise RuntimeError(f"stream answered {response.status_code}")
+        chunks = response.aiter_raw()
+        await chunks.__anext__()
+        return OpenStream(response, chunks)
+
+
+async def run(server: Server, streams: int, jobs: int) -> None:
+    limits = httpx.Limits(max_connections=streams + 20, max_keepalive_connections=20)
+    timeout = httpx.Timeout(OPEN_TIMEOUT_S)
+    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout) as client:
+        # a separate client, so polling never waits on the streaming client's pool
+        async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as probe:
+            metrics_before = (await probe.get("/metrics")).text
+            gauge_name = sorted(gauge_lines(metrics_before, "open_streams")) or ["(none)"]
+            print(f"open_streams_metric: {', '.join(gauge_name)}")
+            for needle in WATCHED_METRICS:
+                for name, value in gauge_lines(metrics_before, needle).items():
+                    print(f"metric_before: {name} {value:g}")
+            rss_before = server.rss_mib()
+            print(f"server_rss_mib_before: {rss_before:.1f}")
+
+            job_ids = []
+            for index in range(jobs):
+                response = await probe.post("/api/jobs", json={"topic": f"Abandon topic {index}"})
+                response.raise_for_status()
+                job_ids.append(response.json()["id"])
+
+            gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+            started = time.perf_counter()
+            opened = await asyncio.gather(
+                *(open_one(client, job_ids[i % jobs], gate) for i in range(streams)),
+                return_exceptions=True,
+            )
+            streams_open = [r for r in opened if isinstance(r, OpenStream)]
+            failures = [r for r in opened if not isinstance(r, OpenStream)]
+            print(f"streams_opened: {len(streams_open)} of {streams} in "
+                  f"{time.perf_counter() - started:.2f}s")
+            for failure in failures[:3]:
+                print(f"open_failure: {failure!r}")
+            print(f"gauge_while_open: {await open_streams_gauge(probe)}")
+            print(f"server_rss_mib_while_open: {server.rss_mib():.1f}")
+            statuses = [(await probe.get(f"/api/jobs/{j}")).json()["status"] for j in job_ids]
+            print(f"job_statuses_at_abandon: {statuses}")
+
+            abandoned_at = time.perf_counter()
+            await asyncio.gather(*(stream.abandon() for stream in streams_open))
+
+            gauge = await open_streams_gauge(probe)
+            deadline = abandoned_at + DRAIN_TIMEOUT_S
+            while gauge and time.perf_counter() < deadline:
+                await asyncio.sleep(POLL_INTERVAL_S)
+                gauge = await open_streams_gauge(probe)
+            waited = time.perf_counter() - abandoned_at
+            print(f"gauge_after_abandon: {gauge}")
+            print(f"gauge_zero_after_s: {waited:.2f}" if gauge == 0 else
+                  f"gauge_zero_after_s: not within {DRAIN_TIMEOUT_S:.0f}s")
+
+            metrics_after = (await probe.get("/metrics")).text
+            for needle in WATCHED_METRICS:
+                for name, value in gauge_lines(metrics_after, needle).items():
+                    print(f"metric_after: {name} {value:g}")
+            print(f"server_rss_mib_after: {server.rss_mib():.1f}")
+            health = await probe.get("/healthz")
+            print(f"healthz_after: {health.status_code}")
+            for job_id in job_ids:
+                await probe.delete(f"/api/jobs/{job_id}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--delay-ms", type=int, default=20000,
+                        help="OFFLINE_LLM_DELAY_MS: slow enough that jobs outlive the bench")
+    args = parser.parse_args()
+    env = {
+        "OFFLINE_LLM_DELAY_MS": str(args.delay_ms),
+        "MAX_RUNNING_JOBS": str(max(args.jobs, 4)),
+        "MAX_QUEUED_JOBS": "100",
+        "MAX_STREAMS": str(args.streams + 100),
+        "DRAIN_SECONDS": "1",
+    }
+    print(f"streams: {args.streams}")
+    print(f"jobs: {args.jobs}")
+    print(f"delay_ms: {args.delay_ms}")
+    with run_server(**env) as server:
+        asyncio.run(run(server, args.streams, args.jobs))
+
+
+if __name__ == "__main__":
+    main()

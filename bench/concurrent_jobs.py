@@ -1,0 +1,117 @@
+"""Bench: N jobs submitted and streamed at once, each by its own client.
+
+Run from the repository root: `.venv/bin/python bench/concurrent_jobs.py --jobs 100`.
+It starts the service itself on a free 127.0.0.1 port and prints one `name: value` line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import httpx
+
+from _server import TERMINAL_EVENTS, Server, percentile, run_server, sse_events
+
+RUN_TIMEOUT_S = 120.0
+
+
+@dataclass
+class JobResult:
+    terminal: str
+    events: int
+    submitted_at: float
+    ended_at: float
+
+
+async def one_job(client: httpx.AsyncClient, index: int) -> JobResult:
+    """Submit a job and read its stream to the terminal event."""
+    submitted_at = time.perf_counter()
+    response = await client.post("/api/jobs", json={"topic": f"Bench topic {index}"})
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    events, terminal = 0, "none"
+    async with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        stream.raise_for_status()
+        async for event, _data in sse_events(stream):
+            events += 1
+            if event in TERMINAL_EVENTS:
+                terminal = event
+                break
+    return JobResult(terminal, events, submitted_at, time.perf_counter())
+
+
+async def run(server: Server, jobs: int) -> None:
+    timeout = httpx.Timeout(30.0, connect=10.0)
+    # One client per job, built before the clock starts: building one loads the CA bundle
+    # (~10 ms of CPU), a cost of this bench, not of the service.
+    clients = [httpx.AsyncClient(base_url=server.url, timeout=timeout) for _ in range(jobs + 1)]
+    try:
+        await one_job(clients[-1], -1)  # warm-up: first-request paths off the clock
+        rss_before = server.rss_mib()
+        cpu_before = server.cpu_seconds()
+        started = time.perf_counter()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(one_job(clients[i], i) for i in range(jobs)),
+                           return_exceptions=True),
+            RUN_TIMEOUT_S,
+        )
+        cpu_used = server.cpu_seconds() - cpu_before
+        rss_after = server.rss_mib()
+    finally:
+        await asyncio.gather(*(client.aclose() for client in clients))
+
+    finished = [r for r in results if isinstance(r, JobResult)]
+    failures = [r for r in results if not isinstance(r, JobResult)]
+    terminals = Counter(r.terminal for r in finished)
+    last_end = max((r.ended_at for r in finished), default=started)
+    first_submit = min((r.submitted_at for r in finished), default=started)
+    wall = last_end - first_submit
+    latencies = [r.ended_at - r.submitted_at for r in finished]
+    events = sum(r.events for r in finished)
+
+    print(f"jobs: {jobs}")
+    print(f"done: {terminals['done']}")
+    print(f"terminals: {dict(terminals)}")
+    print(f"client_failures: {len(failures)}")
+    for failure in failures[:3]:
+        print(f"client_failure: {failure!r}")
+    print(f"wall_s: {wall:.3f}")
+    if latencies:
+        print(f"latency_p50_s: {percentile(latencies, 0.50):.3f}")
+        print(f"latency_p95_s: {percentile(latencies, 0.95):.3f}")
+        print(f"latency_max_s: {max(latencies):.3f}")
+    print(f"events_total: {events}")
+    print(f"events_per_job: {events / max(len(finished), 1):.1f}")
+    print(f"events_per_s: {events / wall:.0f}" if wall > 0 else "events_per_s: n/a")
+    print(f"server_cpu_s: {cpu_used:.2f}")
+    print(f"server_cpu_ms_per_job: {cpu_used * 1000 / jobs:.1f}")
+    print(f"server_rss_mib_before: {rss_before:.1f}")
+    print(f"server_rss_mib_after: {rss_after:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--delay-ms", type=int, default=200, help="OFFLINE_LLM_DELAY_MS")
+    parser.add_argument("--deltas", choices=["on", "off"], default="on", help="STREAM_DELTAS")
+    args = parser.parse_args()
+    env = {
+        "OFFLINE_LLM_DELAY_MS": str(args.delay_ms),
+        "STREAM_DELTAS": "1" if args.deltas == "on" else "0",
+        "MAX_RUNNING_JOBS": str(args.jobs),
+        "MAX_QUEUED_JOBS": str(max(1000, args.jobs * 10)),
+        "MAX_STREAMS": str(max(1000, args.jobs * 2)),
+        "RATE_LIMIT_PER_MINUTE": "0",
+    }
+    print(f"delay_ms: {args.delay_ms}")
+    print(f"deltas: {args.deltas}")
+    with run_server(**env) as server:
+        asyncio.run(run(server, args.jobs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Coalescing live text: at most one `delta` per part every interval, however fast text comes.
+
+A part is (stage, index): ("content", i) for section i, ("style", None) for the article.
+Time is passed in, so the rule is testable without a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Part = tuple[str, "int | None"]
+
+
+@dataclass
+class _Buffer:
+    text: str = ""
+    reset: bool = False
+    sent: bool = False
+    last_flush: float = float("-inf")
+
+
+class DeltaCoalescer:
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._parts: dict[Part, _Buffer] = {}
+
+    def add(self, part: Part, text: str, now: float) -> dict[str, Any] | None:
+        """Buffer `text`; the delta to send now, if the part's interval has passed."""
+        buffer = self._parts.setdefault(part, _Buffer())
+        buffer.text += text
+        if now - buffer.last_flush >= self.interval_s:
+            return self._flush(part, buffer, now)
+        return None
+
+    def reset(self, part: Part) -> None:
+        """Void the part's text: what was sent is dropped by clients, what is held never goes."""
+        buffer = self._parts.setdefault(part, _Buffer())
+        buffer.text = ""
+        buffer.reset = buffer.reset or buffer.sent
+
+    def flush(self, part: Part, now: float) -> dict[str, Any] | None:
+        """The part's held text as a delta, whatever the interval (before its final event)."""
+        buffer = self._parts.get(part)
+        return self._flush(part, buffer, now) if buffer else None
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """Deltas for every part whose interval has passed with text held."""
+        return [delta for part, buffer in list(self._parts.items())
+                if buffer.text and now - buffer.last_flush >= self.interval_s
+                and (delta := self._flush(part, buffer, now))]
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until some held text may go out, or None when nothing is held."""
+        waits = [buffer.last_flush + self.interval_s - now
+                 for buffer in self._parts.values() if buffer.text]
+        return max(0.0, min(waits)) if waits else None
+
+    def _flush(self, part: Part, buffer: _Buffer, now: float) -> dict[str, Any] | None:
+        # A pending reset goes out even with no text, so clients drop the void attempt.
+        if not buffer.text and not buffer.reset:
+            return None
+        stage, index = part
+        delta = {"stage": stage, "index": index, "text": buffer.text, "reset": buffer.reset}
+        buffer.text, buffer.reset, buffer.sent, buffer.last_flush = "", False, True, now
+        return delta

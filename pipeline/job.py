@@ -1,0 +1,130 @@
+"""A job's state, and the events clients see."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+
+class JobStatus(str, Enum):
+    #: waiting for a free runner, first in first out
+    queued = "queued"
+    #: the workflow is running
+    running = "running"
+    #: the article is written
+    succeeded = "succeeded"
+    #: the job ended with an error code
+    failed = "failed"
+    #: a client asked it to stop
+    cancelled = "cancelled"
+
+
+class Stage(str, Enum):
+    queued = "queued"
+    outline = "outline"
+    content = "content"
+    style = "style"
+    done = "done"
+
+
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
+
+
+class TransitionError(RuntimeError):
+    """A state change that the job's current status does not allow."""
+
+
+def new_job_id() -> str:
+    """An opaque id with 128 bits of randomness; a later owner prefix stays possible."""
+    return "j_" + secrets.token_urlsafe(16)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    topic: str
+    owner: str | None = None
+    id: str = field(default_factory=new_job_id)
+    status: JobStatus = JobStatus.queued
+    stage: Stage = Stage.queued
+    progress: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    sections: list[str] | None = None
+    article: str | None = None
+    error: dict[str, str] | None = None
+    #: set by DELETE, read by whichever runner holds the job
+    cancel_requested: bool = False
+    #: the shared store as of the last finished node, for a later resume
+    checkpoint: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def start(self) -> None:
+        if self.status is not JobStatus.queued:
+            raise TransitionError(f"Job {self.id} cannot start: it is {self.status.value}.")
+        self.status = JobStatus.running
+        self.started_at = time.time()
+
+    def advance(self, stage: Stage, progress: int) -> None:
+        self.stage = stage
+        self.progress = max(self.progress, progress)
+
+    def finish(self, status: JobStatus, *, error: dict[str, str] | None = None,
+               article: str | None = None) -> None:
+        if self.terminal:
+            raise TransitionError(f"Job {self.id} cannot become {status.value}: it is "
+                                  f"{self.status.value}.")
+        if status not in TERMINAL:
+            raise TransitionError(f"{status.value} is not a final status.")
+        self.status = status
+        self.error = error
+        self.finished_at = time.time()
+        if status is JobStatus.succeeded:
+            self.article = article
+            self.advance(Stage.done, 100)
+
+    def public(self) -> dict[str, Any]:
+        """The job as the contract shows it to clients."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "status": self.status.value,
+            "stage": self.stage.value,
+            "progress": self.progress,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "sections": self.sections,
+            "article": self.article,
+            "error": self.error,
+            "links": {"self": f"/api/jobs/{self.id}", "events": f"/api/jobs/{self.id}/events"},
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One numbered event of a job, with its SSE frame encoded once for every subscriber."""
+
+    id: int
+    type: str
+    data: dict[str, Any]
+    frame: bytes
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS

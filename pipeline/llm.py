@@ -1,0 +1,114 @@
+"""The LLM seen by the workflow: a provider that streams text, and calls with a deadline.
+
+A provider is anything with `stream(prompt, max_tokens=...)`, an async iterator of
+text chunks, and `aclose()`. Providers raise `LLMError` (mapped from their own
+exceptions) and `LLMStreamBroken` when a reply breaks off midway.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from .errors import LLMError, LLMStreamBroken
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Provider(Protocol):
+    name: str
+
+    def stream(self, prompt: str, *, max_tokens: int) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LLM:
+    """Calls a provider with a deadline per call and retries replies that broke off."""
+
+    def __init__(self, provider: Provider, *, timeout_s: float, stream_attempts: int,
+                 metrics: Metrics | None = None) -> None:
+        self.provider = provider
+        self.timeout_s = timeout_s
+        self.stream_attempts = stream_attempts
+        self.metrics = metrics
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 1024,
+        on_text: Callable[[str], Awaitable[None]] | None = None,
+        on_reset: Callable[[], Awaitable[None]] | None = None,
+    ) -> str:
+        """The whole reply; `on_text` sees each chunk, `on_reset` a broken attempt's end."""
+        for attempt in range(1, self.stream_attempts + 1):
+            parts: list[str] = []
+            started = time.perf_counter()
+            try:
+                with anyio.fail_after(self.timeout_s):
+                    async with aclosing(self.provider.stream(prompt, max_tokens=max_tokens)) as chunks:
+                        async for chunk in chunks:
+                            parts.append(chunk)
+                            if on_text is not None:
+                                await on_text(chunk)
+            except TimeoutError:
+                self._observe(started, "llm_timeout")
+                raise LLMError(
+                    f"The LLM call ran past LLM_TIMEOUT_SECONDS ({self.timeout_s:g} s).",
+                    code="llm_timeout",
+                ) from None
+            except LLMStreamBroken as exc:
+                self._observe(started, exc.code)
+                if attempt == self.stream_attempts:
+                    raise
+                logger.warning("LLM stream broke (attempt %d of %d): %s",
+                               attempt, self.stream_attempts, exc.message)
+                if parts and on_reset is not None:
+                    await on_reset()
+                await anyio.sleep(backoff_s(attempt))
+                continue
+            except LLMError as exc:
+                self._observe(started, exc.code)
+                raise
+            self._observe(started, None)
+            return "".join(parts)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _observe(self, started: float, code: str | None) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_llm_call(self.provider.name, time.perf_counter() - started, code)
+
+
+async def call_llm(llm: LLM, prompt: str) -> str:
+    """The reply to `prompt` as one string, for callers that do not stream."""
+    return await llm.generate(prompt)
+
+
+def backoff_s(attempt: int, base_s: float = 0.25, cap_s: float = 4.0) -> float:
+    """Exponential backoff with full jitter: a random wait up to base * 2**(attempt-1)."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))
+
+
+def build_provider(settings: Settings, metrics: Metrics | None = None) -> Provider:
+    """The provider that `settings` asks for; the anthropic SDK is imported only if used."""
+    if settings.provider == "anthropic":
+        from .llm_anthropic import AnthropicProvider
+
+        logger.info("LLM provider: anthropic, model %s", settings.anthropic_model)
+        return AnthropicProvider.from_settings(settings, metrics=metrics)
+    from .llm_offline import OfflineProvider
+
+    logger.info("LLM provider: offline writer (no ANTHROPIC_API_KEY), %d ms per call",
+                settings.offline_llm_delay_ms)
+    return OfflineProvider(delay_ms=settings.offline_llm_delay_ms)

@@ -1,0 +1,93 @@
+"""Anthropic's Messages API through the official SDK, its exceptions mapped to job error codes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anthropic
+import httpx2
+
+from .errors import LLMError, LLMStreamBroken
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .settings import Settings
+
+
+class AnthropicProvider:
+    """Streams replies with `messages.stream`; the SDK retries 408/409/429/5xx/529 itself."""
+
+    name = "anthropic"
+
+    def __init__(self, client: anthropic.AsyncAnthropic, *, model: str,
+                 metrics: Metrics | None = None) -> None:
+        self.client = client
+        self.model = model
+        self.metrics = metrics
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None,
+                      http_client: httpx2.AsyncClient | None = None) -> AnthropicProvider:
+        client = anthropic.AsyncAnthropic(
+            api_key=settings.anthropic_api_key,
+            base_url=settings.anthropic_base_url,
+            timeout=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            http_client=http_client,
+        )
+        return cls(client, model=settings.anthropic_model, metrics=metrics)
+
+    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncIterator[str]:
+        received = False
+        try:
+            async with self.client.messages.stream(
+                model=self.model,
+                max_tokens=max_tokens,
+                messages=[{"role": "user", "content": prompt}],
+            ) as stream:
+                async for text in stream.text_stream:
+                    received = True
+                    yield text
+                message = await stream.get_final_message()
+        except anthropic.APIError as exc:
+            raise map_api_error(exc, received=received) from exc
+        except httpx2.TransportError as exc:
+            # A body cut midway escapes the SDK as httpx2's own error, not an APIError.
+            raise LLMStreamBroken(
+                f"The connection to the Anthropic API broke mid-reply ({type(exc).__name__})."
+            ) from exc
+        if self.metrics is not None:
+            self.metrics.observe_tokens(self.name, message.usage.input_tokens,
+                                        message.usage.output_tokens)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def map_api_error(exc: anthropic.APIError, *, received: bool) -> LLMError:
+    """The job error for an SDK exception, raised after the SDK's own retries."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return LLMError("The Anthropic API did not answer in time.", code="llm_timeout")
+    if isinstance(exc, (anthropic.AuthenticationError, anthropic.PermissionDeniedError)):
+        return LLMError(
+            f"The Anthropic API refused the API key ({exc.status_code}); check ANTHROPIC_API_KEY.",
+            code="llm_auth",
+        )
+    if isinstance(exc, anthropic.RateLimitError):
+        return LLMError("The Anthropic API kept answering 429 (rate limited) after retries.",
+                        code="llm_rate_limited")
+    if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 529:
+        error = LLMError("The Anthropic API kept answering 529 (overloaded) after retries.",
+                         code="llm_overloaded")
+    elif isinstance(exc, anthropic.APIStatusError):
+        error = LLMError(f"The Anthropic API answered {exc.status_code}.")
+    elif isinstance(exc, anthropic.APIConnectionError):
+        error = LLMError("The Anthropic API could not be reached.")
+    else:
+        error = LLMError(f"The Anthropic API sent a reply that could not be read "
+                         f"({type(exc).__name__}).")
+    if received:
+        # Text already went out; trying the call again is the caller's choice.
+        return LLMStreamBroken(error.message + " The reply broke off midway.", code=error.code)
+    return error

@@ -1,0 +1,64 @@
+"""Prometheus metrics, on a registry of the app's own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs_submitted = Counter("articlestream_jobs_submitted_total",
+                                      "Jobs accepted by POST /api/jobs.", registry=r)
+        self.jobs_finished = Counter("articlestream_jobs_finished_total",
+                                     "Jobs that ended, by final status and error code.",
+                                     ["status", "code"], registry=r)
+        self.job_seconds = Histogram("articlestream_job_duration_seconds",
+                                     "From start to the final event.", ["status"],
+                                     buckets=_DURATION_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("articlestream_stage_duration_seconds",
+                                       "Time spent in each workflow stage.", ["stage"],
+                                       buckets=_DURATION_BUCKETS, registry=r)
+        self.llm_seconds = Histogram("articlestream_llm_call_duration_seconds",
+                                     "One LLM call, retries included.", ["provider"],
+                                     buckets=_DURATION_BUCKETS, registry=r)
+        self.llm_errors = Counter("articlestream_llm_errors_total",
+                                  "Failed LLM calls, by error code.", ["provider", "code"],
+                                  registry=r)
+        self.llm_tokens = Counter("articlestream_llm_tokens_total",
+                                  "Tokens used, from the provider's usage report.",
+                                  ["provider", "kind"], registry=r)
+        self.queue_depth = Gauge("articlestream_queued_jobs", "Jobs waiting to run.", registry=r)
+        self.running_jobs = Gauge("articlestream_running_jobs", "Jobs running now.", registry=r)
+        self.open_streams = Gauge("articlestream_open_streams", "Open event streams.", registry=r)
+        self.events_sent = Counter("articlestream_events_sent_total",
+                                   "Event frames written to streams.", registry=r)
+        self.streams_dropped = Counter("articlestream_streams_dropped_total",
+                                       "Streams ended because the client stopped reading.",
+                                       registry=r)
+
+        #: the open-streams gauge's value, kept as a plain int for the MAX_STREAMS check
+        self.streams_open = 0
+
+    def stream_opened(self) -> None:
+        self.streams_open += 1
+        self.open_streams.inc()
+
+    def stream_closed(self) -> None:
+        self.streams_open -= 1
+        self.open_streams.dec()
+
+    def observe_llm_call(self, provider: str, seconds: float, code: str | None) -> None:
+        self.llm_seconds.labels(provider).observe(seconds)
+        if code is not None:
+            self.llm_errors.labels(provider, code).inc()
+
+    def observe_tokens(self, provider: str, input_tokens: int, output_tokens: int) -> None:
+        self.llm_tokens.labels(provider, "input").inc(input_tokens)
+        self.llm_tokens.labels(provider, "output").inc(output_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,146 @@
+"""The three workflow nodes. They read and write the shared store and report only through
+`shared["sse_queue"]`, as plain dicts that the job runner turns into numbered events:
+
+    {"type": "stage", "stage": ..., "message": ...}
+    {"type": "outline", "sections": [...]}
+    {"type": "delta", "stage": ..., "index": ..., "text": ...}
+    {"type": "reset", "stage": ..., "index": ...}     a broken attempt's text is void
+    {"type": "section", "index": ..., "title": ..., "content": ...}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from pocketflow import AsyncNode
+
+from .errors import BadOutline, LLMError
+from .llm import LLM, backoff_s
+from .outline import parse_outline
+from .prompts import draft_text, outline_prompt, section_prompt, style_prompt
+from .settings import Settings
+
+Shared = dict[str, Any]
+
+
+def _emit(queue: asyncio.Queue[dict[str, Any]]) -> Callable[..., Awaitable[None]]:
+    async def emit(type: str, **fields: Any) -> None:
+        await queue.put({"type": type, **fields})
+
+    return emit
+
+
+class GenerateOutline(AsyncNode):  # type: ignore[misc]
+    """Asks for a YAML outline and validates it; PocketFlow retries malformed replies."""
+
+    def __init__(self, llm: LLM, settings: Settings) -> None:
+        super().__init__(max_retries=settings.outline_attempts)
+        self.llm = llm
+        self.sections = settings.outline_sections
+        self.attempt = 0
+
+    async def prep_async(self, shared: Shared) -> str:
+        await _emit(shared["sse_queue"])("stage", stage="outline", message="Planning the outline")
+        return str(shared["topic"])
+
+    async def exec_async(self, topic: str) -> list[str] | LLMError:
+        self.attempt += 1
+        if self.attempt > 1:
+            await anyio.sleep(backoff_s(self.attempt - 1))
+        try:
+            reply = await self.llm.generate(outline_prompt(topic, self.sections), max_tokens=512)
+        except LLMError as exc:
+            # Returned, not raised: the SDK has already retried provider failures, and
+            # PocketFlow's retries are for malformed outlines only.
+            return exc
+        return parse_outline(reply)
+
+    async def exec_fallback_async(self, topic: str, exc: Exception) -> list[str]:
+        if isinstance(exc, BadOutline):
+            raise BadOutline(
+                f"The outline was still invalid after {self.max_retries} attempts: {exc.message}"
+            ) from exc
+        raise exc
+
+    async def post_async(self, shared: Shared, topic: str, result: list[str] | LLMError) -> None:
+        if isinstance(result, LLMError):
+            raise result
+        shared["sections"] = result
+        await _emit(shared["sse_queue"])("outline", sections=result)
+
+
+class WriteContent(AsyncNode):  # type: ignore[misc]
+    """Writes every section concurrently (bounded per job); each is reported once written."""
+
+    def __init__(self, llm: LLM, settings: Settings) -> None:
+        super().__init__()
+        self.llm = llm
+        self.concurrency = settings.section_concurrency
+        self.words = settings.section_words
+
+    async def prep_async(self, shared: Shared) -> tuple[str, list[str], asyncio.Queue[Any]]:
+        queue = shared["sse_queue"]
+        await _emit(queue)("stage", stage="content", message="Writing the sections")
+        return str(shared["topic"]), list(shared["sections"]), queue
+
+    async def exec_async(self, prep: tuple[str, list[str], asyncio.Queue[Any]]) -> list[str]:
+        topic, sections, queue = prep
+        emit = _emit(queue)
+        contents = [""] * len(sections)
+        limiter = anyio.CapacityLimiter(self.concurrency)
+
+        async def write(index: int, title: str) -> None:
+            async def on_text(text: str) -> None:
+                await emit("delta", stage="content", index=index, text=text)
+
+            async def on_reset() -> None:
+                await emit("reset", stage="content", index=index)
+
+            async with limiter:
+                prompt = section_prompt(topic, title, sections, self.words)
+                contents[index] = await self.llm.generate(
+                    prompt, max_tokens=600, on_text=on_text, on_reset=on_reset
+                )
+            await emit("section", index=index, title=title, content=contents[index])
+
+        # A task group, not asyncio.gather: one failed section cancels its siblings.
+        async with anyio.create_task_group() as tg:
+            for index, title in enumerate(sections):
+                tg.start_soon(write, index, title)
+        return contents
+
+    async def post_async(self, shared: Shared, prep: Any, contents: list[str]) -> None:
+        shared["draft"] = draft_text(shared["topic"], shared["sections"], contents)
+
+
+class ApplyStyle(AsyncNode):  # type: ignore[misc]
+    """Rewrites the whole draft in a conversational, engaging voice."""
+
+    def __init__(self, llm: LLM, settings: Settings) -> None:
+        super().__init__()
+        self.llm = llm
+
+    async def prep_async(self, shared: Shared) -> tuple[str, str, asyncio.Queue[Any]]:
+        queue = shared["sse_queue"]
+        await _emit(queue)("stage", stage="style", message="Polishing the style")
+        return str(shared["topic"]), str(shared["draft"]), queue
+
+    async def exec_async(self, prep: tuple[str, str, asyncio.Queue[Any]]) -> str:
+        topic, draft, queue = prep
+        emit = _emit(queue)
+
+        async def on_text(text: str) -> None:
+            await emit("delta", stage="style", index=None, text=text)
+
+        async def on_reset() -> None:
+            await emit("reset", stage="style", index=None)
+
+        return await self.llm.generate(
+            style_prompt(topic, draft), max_tokens=4096, on_text=on_text, on_reset=on_reset
+        )
+
+    async def post_async(self, shared: Shared, prep: Any, article: str) -> None:
+        shared["final_article"] = article

@@ -1,0 +1,179 @@
+"""Every setting, read from the environment once and checked at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
+
+Provider = Literal["auto", "anthropic", "offline"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; units are carried in the names."""
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    llm_provider: Provider = "auto"
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    anthropic_model: str = DEFAULT_ANTHROPIC_MODEL
+    anthropic_base_url: str | None = None
+    llm_timeout_s: float = 60.0
+    llm_max_retries: int = 2
+    llm_stream_attempts: int = 3
+    offline_llm_delay_ms: int = 300
+
+    outline_sections: int = 3
+    outline_attempts: int = 3
+    section_concurrency: int = 4
+    section_words: int = 100
+
+    max_running_jobs: int = 100
+    max_queued_jobs: int = 1000
+    job_ttl_s: float = 3600.0
+    job_timeout_s: float = 600.0
+    drain_s: float = 7.0
+
+    heartbeat_s: float = 15.0
+    send_timeout_s: float = 10.0
+    max_streams: int = 10_000
+    stream_deltas: bool = True
+    delta_interval_ms: int = 50
+    retry_hint_ms: int = 2000
+
+    max_body_bytes: int = 16_384
+    max_topic_chars: int = 200
+    rate_limit_per_minute: int = 60
+    rate_limit_burst: int = 20
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.llm_provider not in ("auto", "anthropic", "offline"):
+            raise SettingsError(
+                f"LLM_PROVIDER is {self.llm_provider!r}; use auto, anthropic or offline."
+            )
+        if self.llm_provider == "anthropic" and not self.anthropic_api_key:
+            raise SettingsError("LLM_PROVIDER is anthropic but ANTHROPIC_API_KEY is not set.")
+        if not 2 <= self.outline_sections <= 8:
+            raise SettingsError(f"OUTLINE_SECTIONS is {self.outline_sections}; use 2 to 8.")
+        for name in ("max_running_jobs", "outline_attempts", "llm_stream_attempts",
+                     "section_concurrency", "max_streams", "max_body_bytes", "max_topic_chars"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} is {getattr(self, name)}; it must be at least 1.")
+
+    @property
+    def provider(self) -> Literal["anthropic", "offline"]:
+        """The provider in use once `auto` is resolved."""
+        if self.llm_provider == "auto":
+            return "anthropic" if self.anthropic_api_key else "offline"
+        return self.llm_provider
+
+    @property
+    def shutdown_budget_s(self) -> float:
+        """How long uvicorn may wait for streams after SIGTERM: the drain plus a margin."""
+        return self.drain_s + 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read the settings from `env` (usually `os.environ`); unset means the default."""
+        reader = _Reader(env)
+        return cls(
+            host=reader.str("HOST", cls.host),
+            port=reader.int("PORT", cls.port),
+            log_level=reader.str("LOG_LEVEL", cls.log_level).upper(),
+            llm_provider=reader.str("LLM_PROVIDER", cls.llm_provider).lower(),  # type: ignore[arg-type]
+            anthropic_api_key=reader.optional("ANTHROPIC_API_KEY"),
+            anthropic_model=reader.str("ANTHROPIC_MODEL", cls.anthropic_model),
+            anthropic_base_url=reader.optional("ANTHROPIC_BASE_URL"),
+            llm_timeout_s=reader.float("LLM_TIMEOUT_SECONDS", cls.llm_timeout_s),
+            llm_max_retries=reader.int("LLM_MAX_RETRIES", cls.llm_max_retries),
+            llm_stream_attempts=reader.int("LLM_STREAM_ATTEMPTS", cls.llm_stream_attempts),
+            offline_llm_delay_ms=reader.int("OFFLINE_LLM_DELAY_MS", cls.offline_llm_delay_ms),
+            outline_sections=reader.int("OUTLINE_SECTIONS", cls.outline_sections),
+            outline_attempts=reader.int("OUTLINE_ATTEMPTS", cls.outline_attempts),
+            section_concurrency=reader.int("SECTION_CONCURRENCY", cls.section_concurrency),
+            max_running_jobs=reader.int("MAX_RUNNING_JOBS", cls.max_running_jobs),
+            max_queued_jobs=reader.int("MAX_QUEUED_JOBS", cls.max_queued_jobs),
+            job_ttl_s=reader.float("JOB_TTL_SECONDS", cls.job_ttl_s),
+            job_timeout_s=reader.float("JOB_TIMEOUT_SECONDS", cls.job_timeout_s),
+            drain_s=reader.float("DRAIN_SECONDS", cls.drain_s),
+            heartbeat_s=reader.float("HEARTBEAT_SECONDS", cls.heartbeat_s),
+            send_timeout_s=reader.float("SEND_TIMEOUT_SECONDS", cls.send_timeout_s),
+            max_streams=reader.int("MAX_STREAMS", cls.max_streams),
+            stream_deltas=reader.bool("STREAM_DELTAS", cls.stream_deltas),
+            delta_interval_ms=reader.int("DELTA_INTERVAL_MS", cls.delta_interval_ms),
+            max_body_bytes=reader.int("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_topic_chars=reader.int("MAX_TOPIC_CHARS", cls.max_topic_chars),
+            rate_limit_per_minute=reader.int("RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
+            rate_limit_burst=reader.int("RATE_LIMIT_BURST", cls.rate_limit_burst),
+            trusted_proxies=reader.networks("TRUSTED_PROXIES"),
+            api_tokens=reader.list("API_TOKENS"),
+            cors_origins=reader.list("CORS_ORIGINS"),
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def optional(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def str(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def int(self, name: str, default: int) -> int:
+        value = self.optional(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise SettingsError(f"{name} is {value!r}; it must be a whole number.") from None
+        if number < 0:
+            raise SettingsError(f"{name} is {value!r}; it cannot be negative.")
+        return number
+
+    def float(self, name: str, default: float) -> float:
+        value = self.optional(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(f"{name} is {value!r}; it must be a number.") from None
+        if not number >= 0:
+            raise SettingsError(f"{name} is {value!r}; it must be zero or more.")
+        return number
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.optional(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name} is {value!r}; use 1 or 0.")
+
+    def list(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
+
+    def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        try:
+            return tuple(ipaddress.ip_network(item, strict=False) for item in self.list(name))
+        except ValueError as exc:
+            raise SettingsError(f"{name} holds an address that is not an IP or CIDR: {exc}") from None

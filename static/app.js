@@ -1,0 +1,465 @@
+// ArticleStream demo page: submit a topic, then follow the job's event stream.
+//
+// Every event updates one model and the page is drawn from that model, so an event
+// seen twice (a replay after a reconnect) changes nothing. Text that came from the
+// user or the model reaches the DOM only through textContent.
+"use strict";
+
+(() => {
+  const STAGE_NAMES = {
+    queued: "Queued",
+    outline: "Planning the outline",
+    content: "Writing sections",
+    style: "Styling the article",
+    done: "Done",
+  };
+  const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+  // How long to wait before asking again when the stream was refused (e.g. 429).
+  const RETRY_MS = 3000;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    form: $("topic-form"),
+    topic: $("topic"),
+    submit: $("submit"),
+    formError: $("form-error"),
+    job: $("job"),
+    jobTopic: $("job-topic"),
+    jobId: $("job-id"),
+    connection: $("connection"),
+    cancel: $("cancel"),
+    progress: $("progress"),
+    progressValue: $("progress-value"),
+    stage: $("stage"),
+    stageMessage: $("stage-message"),
+    status: $("status"),
+    error: $("error"),
+    errorCode: $("error-code"),
+    errorMessage: $("error-message"),
+    cancelled: $("cancelled"),
+    cancelledMessage: $("cancelled-message"),
+    outlinePanel: $("outline-panel"),
+    outline: $("outline"),
+    sectionsPanel: $("sections-panel"),
+    sections: $("sections"),
+    articlePanel: $("article-panel"),
+    articleState: $("article-state"),
+    article: $("article"),
+  };
+
+  let model = null;
+  let source = null;
+  let retryTimer = 0;
+  // index -> {root, body, state} for the section cards on the page
+  let sectionNodes = new Map();
+
+  function newModel(job) {
+    return {
+      id: job.id,
+      topic: job.topic || "",
+      status: job.status || "queued",
+      stage: job.stage || "queued",
+      progress: Number(job.progress) || 0,
+      message: "",
+      titles: Array.isArray(job.sections) ? job.sections.slice() : [],
+      sections: new Map(), // index -> {title, text, final}
+      article: "",
+      articleFinal: false,
+      outcome: null, // {kind: "done" | "error" | "cancelled", code, message}
+      lastEventId: 0,
+      connection: "connecting",
+      cancelling: false,
+    };
+  }
+
+  // ---- applying events to the model ----
+
+  function raiseProgress(value) {
+    const n = Number(value);
+    if (Number.isFinite(n)) model.progress = Math.max(model.progress, Math.min(100, Math.round(n)));
+  }
+
+  function sectionAt(index) {
+    let part = model.sections.get(index);
+    if (!part) {
+      part = { title: "", text: "", final: false };
+      model.sections.set(index, part);
+    }
+    return part;
+  }
+
+  const apply = {
+    status(data) {
+      if (data.status) model.status = data.status;
+      if (data.stage) model.stage = data.stage;
+      raiseProgress(data.progress);
+    },
+    outline(data) {
+      if (Array.isArray(data.sections)) model.titles = data.sections.map(String);
+      raiseProgress(data.progress);
+    },
+    progress(data) {
+      if (data.stage) model.stage = data.stage;
+      model.message = typeof data.message === "string" ? data.message : "";
+      model.status = "running";
+      raiseProgress(data.progress);
+    },
+    delta(data) {
+      const text = typeof data.text === "string" ? data.text : "";
+      if (data.stage === "style") {
+        if (model.articleFinal) return;
+        model.article = data.reset ? text : model.article + text;
+        return;
+      }
+      if (!Number.isInteger(data.index)) return;
+      const part = sectionAt(data.index);
+      if (part.final) return; // the exact text is already here
+      part.text = data.reset ? text : part.text + text;
+    },
+    section(data) {
+      if (!Number.isInteger(data.index)) return;
+      const part = sectionAt(data.index);
+      part.title = String(data.title ?? "");
+      part.text = String(data.content ?? "");
+      part.final = true;
+      raiseProgress(data.progress);
+    },
+    done(job) {
+      model.status = job.status || "succeeded";
+      model.stage = "done";
+      model.message = "";
+      model.progress = 100;
+      if (Array.isArray(job.sections)) model.titles = job.sections.map(String);
+      model.article = String(job.article ?? "");
+      model.articleFinal = true;
+      model.outcome = { kind: "done" };
+    },
+    error(data) {
+      model.status = "failed";
+      model.outcome = { kind: "error", code: String(data.code ?? "error"), message: String(data.message ?? "") };
+    },
+    cancelled(data) {
+      model.status = "cancelled";
+      model.outcome = { kind: "cancelled", code: String(data.code ?? "cancelled"), message: String(data.message ?? "") };
+    },
+  };
+
+  // A job snapshot (GET /api/jobs/{id}) that has already ended stands in for its terminal event.
+  function applySnapshot(job) {
+    if (job.status === "succeeded") apply.done(job);
+    else if (job.status === "failed") apply.error(job.error || {});
+    else if (job.status === "cancelled") apply.cancelled(job.error || {});
+    else return false;
+    return true;
+  }
+
+  // ---- the event stream ----
+
+  function closeStream() {
+    clearTimeout(retryTimer);
+    if (source) source.close();
+    source = null;
+  }
+
+  function openStream() {
+    closeStream();
+    const id = model.id;
+    let url = `/api/jobs/${encodeURIComponent(id)}/events`;
+    // A fresh EventSource cannot send Last-Event-ID, so resume by query instead.
+    if (model.lastEventId > 0) url += `?last_event_id=${model.lastEventId}`;
+    const es = new EventSource(url);
+    source = es;
+
+    for (const name of Object.keys(apply)) {
+      es.addEventListener(name, (event) => {
+        if (es !== source || !model || model.id !== id) return;
+        const seq = Number(event.lastEventId);
+        if (Number.isInteger(seq) && seq > 0) {
+          if (seq <= model.lastEventId) return; // a replay of something already applied
+          model.lastEventId = seq;
+        }
+        let data;
+        try {
+          data = JSON.parse(event.data);
+        } catch {
+          return;
+        }
+        if (data === null || typeof data !== "object") return;
+        apply[name](data);
+        // The server ends the stream after the terminal event; without close()
+        // EventSource would reconnect and get 204.
+        if (model.outcome) closeStream();
+        render();
+      });
+    }
+    es.addEventListener("open", () => {
+      if (es !== source) return;
+      model.connection = "live";
+      render();
+    });
+    es.addEventListener("error", () => {
+      if (es !== source) return;
+      if (es.readyState === EventSource.CONNECTING) {
+        model.connection = "reconnecting"; // EventSource retries with Last-Event-ID itself
+        render();
+        return;
+      }
+      // Closed for good: an HTTP error (404, 429, ...) or a 204. Ask the job itself.
+      closeStream();
+      model.connection = "offline";
+      render();
+      reconcile(id);
+    });
+  }
+
+  async function reconcile(id) {
+    let res;
+    try {
+      res = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { headers: { Accept: "application/json" } });
+    } catch {
+      res = null;
+    }
+    if (!model || model.id !== id || model.outcome) return;
+    if (res && res.status === 404) {
+      apply.error({ code: "not_found", message: "This job no longer exists; it may have expired." });
+      render();
+      return;
+    }
+    if (res && res.ok) {
+      const job = await res.json().catch(() => null);
+      if (!model || model.id !== id || model.outcome) return;
+      if (job && applySnapshot(job)) {
+        render();
+        return;
+      }
+    }
+    model.connection = "reconnecting";
+    render();
+    retryTimer = setTimeout(() => {
+      if (model && model.id === id && !model.outcome) openStream();
+    }, RETRY_MS);
+  }
+
+  function attach(job) {
+    closeStream();
+    model = newModel(job);
+    sectionNodes = new Map();
+    ui.sections.replaceChildren();
+    ui.outline.replaceChildren();
+    ui.topic.value = model.topic;
+    // Even for a finished job the stream replays everything from the first event.
+    openStream();
+    render();
+  }
+
+  // ---- drawing the model ----
+
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
+  function statusLine(m) {
+    if (m.outcome) {
+      if (m.outcome.kind === "done") return "Done: the article is ready.";
+      if (m.outcome.kind === "cancelled") return "The job was cancelled.";
+      return `The job failed (${m.outcome.code}).`;
+    }
+    if (m.cancelling) return "Cancelling…";
+    const stage = STAGE_NAMES[m.stage] || m.stage;
+    if (m.stage === "content" && m.titles.length) {
+      const written = [...m.sections.values()].filter((p) => p.final).length;
+      return `${stage}: ${written} of ${m.titles.length} written.`;
+    }
+    return `${stage}.`;
+  }
+
+  function connectionLabel(m) {
+    if (m.outcome) return "";
+    return { connecting: "connecting…", live: "live", reconnecting: "reconnecting…", offline: "offline" }[m.connection] || "";
+  }
+
+  function renderOutline(m) {
+    const items = ui.outline.children;
+    while (items.length > m.titles.length) ui.outline.lastElementChild.remove();
+    m.titles.forEach((title, index) => {
+      let li = items[index];
+      if (!li) {
+        li = document.createElement("li");
+        li.append(document.createElement("span"), document.createElement("span"));
+        li.firstChild.className = "outline-title";
+        li.lastChild.className = "badge";
+        ui.outline.append(li);
+      }
+      const part = m.sections.get(index);
+      const state = part && part.final ? "written" : part && part.text ? "writing" : "waiting";
+      li.className = `outline-item is-${state}`;
+      setText(li.firstChild, title);
+      setText(li.lastChild, state);
+    });
+    ui.outlinePanel.hidden = m.titles.length === 0;
+  }
+
+  function sectionNode(index) {
+    let node = sectionNodes.get(index);
+    if (node) return node;
+    const root = document.createElement("article");
+    root.className = "card section";
+    root.dataset.index = String(index);
+    const head = document.createElement("h3");
+    const title = document.createElement("span");
+    title.className = "section-title";
+    const state = document.createElement("span");
+    state.className = "badge";
+    head.append(title, state);
+    const body = document.createElement("div");
+    body.className = "section-body";
+    root.append(head, body);
+    node = { root, title, state, body };
+    // Keep the cards in index order whatever order the sections finish in.
+    const after = [...sectionNodes.keys()].filter((i) => i > index).sort((a, b) => a - b)[0];
+    ui.sections.insertBefore(root, after === undefined ? null : sectionNodes.get(after).root);
+    sectionNodes.set(index, node);
+    return node;
+  }
+
+  function renderSections(m) {
+    for (const [index, part] of m.sections) {
+      if (!part.text && !part.final) continue;
+      const node = sectionNode(index);
+      const title = part.title || m.titles[index] || `Section ${index + 1}`;
+      setText(node.title, title);
+      setText(node.state, part.final ? "written" : "writing…");
+      node.root.classList.toggle("is-final", part.final);
+      setText(node.body, part.text);
+    }
+    ui.sectionsPanel.hidden = sectionNodes.size === 0;
+  }
+
+  function render() {
+    const m = model;
+    ui.job.hidden = !m;
+    if (!m) return;
+
+    setText(ui.jobTopic, m.topic);
+    setText(ui.jobId, m.id);
+    setText(ui.connection, connectionLabel(m));
+    ui.connection.dataset.state = m.connection;
+
+    ui.progress.value = m.progress;
+    setText(ui.progressValue, `${m.progress}%`);
+    setText(ui.stage, STAGE_NAMES[m.stage] || m.stage);
+    setText(ui.stageMessage, m.outcome ? "" : m.message);
+    setText(ui.status, statusLine(m));
+
+    const outcome = m.outcome ? m.outcome.kind : "";
+    ui.cancel.hidden = Boolean(outcome);
+    ui.cancel.disabled = m.cancelling;
+    ui.error.hidden = outcome !== "error";
+    ui.cancelled.hidden = outcome !== "cancelled";
+    if (outcome === "error") {
+      setText(ui.errorCode, m.outcome.code);
+      setText(ui.errorMessage, m.outcome.message);
+    }
+    if (outcome === "cancelled") setText(ui.cancelledMessage, m.outcome.message);
+    ui.job.dataset.outcome = outcome || "running";
+
+    renderOutline(m);
+    renderSections(m);
+
+    ui.articlePanel.hidden = !m.article && !m.articleFinal;
+    setText(ui.articleState, m.articleFinal ? "" : "(styling…)");
+    setText(ui.article, m.article);
+    ui.articlePanel.classList.toggle("is-final", m.articleFinal);
+  }
+
+  // ---- user actions ----
+
+  function showFormError(error) {
+    ui.formError.hidden = !error;
+    ui.formError.textContent = error ? `${error.message || "Something went wrong."} (${error.code})` : "";
+  }
+
+  async function submitTopic(event) {
+    event.preventDefault();
+    const topic = ui.topic.value.trim();
+    if (!topic) {
+      showFormError({ code: "invalid_topic", message: "Please enter a topic." });
+      ui.topic.focus();
+      return;
+    }
+    showFormError(null);
+    ui.submit.disabled = true;
+    try {
+      const res = await fetch("/api/jobs", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ topic }),
+      });
+      const body = await res.json().catch(() => null);
+      if (!res.ok || !body || !body.id) {
+        const error = (body && body.error) || { code: `http_${res.status}`, message: res.statusText };
+        const wait = res.headers.get("Retry-After");
+        showFormError(wait ? { ...error, message: `${error.message} Try again in ${wait} s.` } : error);
+        return;
+      }
+      history.replaceState(null, "", `#job=${encodeURIComponent(body.id)}`);
+      attach(body);
+    } catch {
+      showFormError({ code: "network_error", message: "Could not reach the server." });
+    } finally {
+      ui.submit.disabled = false;
+    }
+  }
+
+  async function cancelJob() {
+    if (!model || model.outcome) return;
+    const id = model.id;
+    model.cancelling = true;
+    render();
+    try {
+      const res = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { method: "DELETE", headers: { Accept: "application/json" } });
+      const body = await res.json().catch(() => null);
+      if (!model || model.id !== id) return;
+      if (res.ok && body && !model.outcome && applySnapshot(body)) closeStream();
+      // 409: it finished first; its terminal event is on the stream.
+      if (!res.ok && res.status !== 409) model.cancelling = false;
+    } catch {
+      if (model && model.id === id) model.cancelling = false;
+    }
+    render();
+  }
+
+  function jobFromHash() {
+    const match = /^#job=(.+)$/.exec(location.hash);
+    if (!match) return null;
+    const id = decodeURIComponent(match[1]);
+    return JOB_ID.test(id) ? id : null;
+  }
+
+  // Re-attach to the job named in the URL, so a reload keeps watching it.
+  async function resume() {
+    const id = jobFromHash();
+    if (!id || (model && model.id === id)) return;
+    let res;
+    try {
+      res = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { headers: { Accept: "application/json" } });
+    } catch {
+      showFormError({ code: "network_error", message: "Could not reach the server." });
+      return;
+    }
+    const body = await res.json().catch(() => null);
+    if (!res.ok || !body || !body.id) {
+      const error = (body && body.error) || { code: `http_${res.status}`, message: res.statusText };
+      if (res.status === 404) error.message = "That job no longer exists; it may have expired.";
+      showFormError(error);
+      history.replaceState(null, "", location.pathname + location.search);
+      return;
+    }
+    attach(body);
+  }
+
+  ui.form.addEventListener("submit", submitTopic);
+  ui.cancel.addEventListener("click", cancelJob);
+  window.addEventListener("hashchange", resume);
+  resume();
+})();
