@@ -19,6 +19,8 @@ __all__ = ["ERRORS", "EVENT_NAMES", "openapi_document"]
 Json = dict[str, Any]
 
 MAX_TOPIC_CHARS = 200
+_JOB_ID_PATTERN = "^j_[A-Za-z0-9_-]{22}$"
+_EVENT_ID_PATTERN = "^([0-9]{1,18})?$"
 MAX_PREFER_WAIT_S = 60
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -32,7 +34,8 @@ EVENT_NAMES = ("status", "outline", "progress", "delta", "section", *TERMINAL_EV
 
 # code -> (status, when it happens). The single list of request errors.
 ERRORS: dict[str, tuple[int, str]] = {
-    "malformed_body": (400, "the body is not a JSON object or form with a `topic` string"),
+    "malformed_body": (400, "the body is not a JSON object or a UTF-8 form"),
+    "invalid_idempotency_key": (400, "`Idempotency-Key` is not 1..200 printable ASCII characters"),
     "invalid_last_event_id": (400, "`Last-Event-ID` or `last_event_id` is not a number"),
     "invalid_cursor": (400, "`cursor` is not one this service handed out"),
     "invalid_limit": (400, "`limit` is not a whole number in range"),
@@ -44,7 +47,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "not_cancellable": (409, "the job already succeeded or failed"),
     "body_too_large": (413, "the body is larger than the service accepts"),
     "unsupported_media_type": (415, "the body is neither JSON nor form-encoded"),
-    "invalid_topic": (422, "the topic is empty after trimming, too long, or holds control characters"),
+    "invalid_topic": (422, "`topic` is missing, not a string, empty after trimming, too long, "
+                           "or holds a control character"),
     "queue_full": (429, "the job queue is full"),
     "rate_limited": (429, "this client sent too many requests"),
     "too_many_streams": (429, "too many event streams are open"),
@@ -52,11 +56,13 @@ ERRORS: dict[str, tuple[int, str]] = {
     "not_ready": (503, "the service does not accept jobs now"),
 }
 
-# What `str.strip()` removes, and the C0/C1 control characters (Unicode Cc).
+# What `str.strip()` removes; and what a topic may not hold: control characters (Unicode Cc)
+# and the line and paragraph separators. Lone surrogates (Cc's neighbour Cs) are refused too,
+# but a JSON Schema pattern cannot name them.
 _STRIPPED = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_CONTROL = r"\x00-\x1f\x7f-\x9f"
-# Whitespace around the topic is trimmed; what is left is 1..200 characters with no
-# control character, and starts and ends with neither whitespace nor a control character.
+_CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+# Whitespace around the topic is trimmed; what is left is 1..200 characters with none of
+# `_CONTROL`, so it starts and ends with a character that is neither.
 TOPIC_PATTERN = (
     rf"^[{_STRIPPED}]*[^{_STRIPPED}{_CONTROL}]"
     rf"(?:[^{_CONTROL}]{{0,{MAX_TOPIC_CHARS - 2}}}[^{_STRIPPED}{_CONTROL}])?[{_STRIPPED}]*$"
@@ -84,10 +90,15 @@ _RETRY_AFTER: Json = {
     "required": True,
     "schema": {"type": "integer", "minimum": 0},
 }
+_WWW_AUTHENTICATE: Json = {
+    "description": "The bearer challenge.",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^Bearer "},
+}
 _LOCATION: Json = {
     "description": "The job's URL, `/api/jobs/{id}`.",
     "required": True,
-    "schema": {"type": "string", "pattern": "^/api/jobs/j_[A-Za-z0-9_-]{22}$"},
+    "schema": {"type": "string", "pattern": "^/api/jobs/" + _JOB_ID_PATTERN.removeprefix("^")},
 }
 
 
@@ -107,6 +118,8 @@ def _errors(*codes: str) -> dict[str, Json]:
                           "content": _json(schema)}
         if status in (429, 503):
             response["headers"] = {"Retry-After": _RETRY_AFTER}
+        elif status == 401:
+            response["headers"] = {"WWW-Authenticate": _WWW_AUTHENTICATE}
         responses[str(status)] = response
     return responses
 
@@ -134,12 +147,13 @@ def _schemas() -> Json:
             "type": "string",
             "pattern": TOPIC_PATTERN,
             "description": (f"What the article is about. Trimmed of surrounding whitespace, then "
-                            f"1..{MAX_TOPIC_CHARS} characters with no control characters."),
+                            f"1..{MAX_TOPIC_CHARS} characters with no control character (Unicode Cc), "
+                            "lone surrogate, U+2028 or U+2029."),
             "examples": ["Home composting"],
         },
         "JobRequest": _object({"topic": _ref("Topic")}),
         "Job": _object({
-            "id": {"type": "string", "pattern": "^j_[A-Za-z0-9_-]{22}$",
+            "id": {"type": "string", "pattern": _JOB_ID_PATTERN,
                    "description": "Opaque, URL-safe, 128+ bits of randomness."},
             "topic": {"type": "string"},
             "status": {"enum": list(JOB_STATUSES)},
@@ -224,11 +238,11 @@ def _stream_event() -> Json:
 def _parameters() -> Json:
     return {
         "JobId": {"name": "id", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": "^j_[A-Za-z0-9_-]{22}$"}},
+                  "schema": {"type": "string", "pattern": _JOB_ID_PATTERN}},
         "IdempotencyKey": {
             "name": "Idempotency-Key", "in": "header",
             "description": "The same key with the same body returns the same job (200); with another body, 409.",
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "schema": {"type": "string", "pattern": "^[!-~]{1,200}$"},
         },
         "Prefer": {
             "name": "Prefer", "in": "header",
@@ -240,20 +254,24 @@ def _parameters() -> Json:
         },
         "LastEventIdHeader": {
             "name": "Last-Event-ID", "in": "header",
-            "description": "Replay the events with a larger id; sent by EventSource when it reconnects.",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            "description": ("Replay the events with a larger id; sent by EventSource when it "
+                            "reconnects. Empty means none."),
+            "schema": {"type": "string", "pattern": _EVENT_ID_PATTERN},
         },
         "LastEventIdQuery": {
             "name": "last_event_id", "in": "query",
-            "description": "As `Last-Event-ID`, for clients that cannot set headers.",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            "description": "As `Last-Event-ID`, for clients that cannot set headers; the header wins.",
+            "schema": {"type": "string", "pattern": _EVENT_ID_PATTERN},
         },
-        "Status": {"name": "status", "in": "query", "description": "Only jobs in this status.",
-                   "schema": {"enum": list(JOB_STATUSES)}},
-        "Limit": {"name": "limit", "in": "query", "description": "Page size.",
+        # An empty `status` or `cursor` counts as not given, as an HTML form sends it.
+        "Status": {"name": "status", "in": "query", "description": "Only jobs in this status; empty: any.",
+                   "schema": {"enum": [*JOB_STATUSES, ""]}},
+        "Limit": {"name": "limit", "in": "query", "description": "Page size (default 20).",
                   "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-        "Cursor": {"name": "cursor", "in": "query", "description": "`next_cursor` of the previous page.",
-                   "schema": {"type": "string"}},
+        "Cursor": {"name": "cursor", "in": "query",
+                   "description": ("`next_cursor` of the previous page; an unknown one gets 400, "
+                                   "an empty one means the first page."),
+                   "schema": {"type": "string", "pattern": f"^({_JOB_ID_PATTERN.strip('^$')})?$"}},
     }
 
 
@@ -295,7 +313,8 @@ def _api_paths() -> Json:
                     "200": _job_response("The job this `Idempotency-Key` already created, for the same body."),
                     "201": _job_response("`Prefer: wait=N` and the job ended in time: the finished job."),
                     "202": _job_response("Accepted: the job is queued or running."),
-                    **_errors("malformed_body", "unauthorized", "idempotency_conflict", "body_too_large",
+                    **_errors("malformed_body", "invalid_idempotency_key", "unauthorized",
+                              "idempotency_conflict", "body_too_large",
                               "unsupported_media_type", "invalid_topic", "queue_full", "rate_limited",
                               "shutting_down"),
                 },
@@ -305,9 +324,10 @@ def _api_paths() -> Json:
                 "summary": "List jobs, newest first (only the caller's when tokens are set)",
                 "parameters": [_param("Status"), _param("Limit"), _param("Cursor")],
                 "responses": {
-                    "200": {"description": "One page of jobs.", "content": _json(_ref("JobList"))},
-                    **_errors("invalid_cursor", "invalid_limit", "invalid_status", "unauthorized",
-                              "rate_limited"),
+                    "200": {"description": "One page of jobs.", "content": _json(_ref("JobList")),
+                            "links": {"NextPage": {"operationId": "listJobs",
+                                                   "parameters": {"cursor": "$response.body#/next_cursor"}}}},
+                    **_errors("invalid_cursor", "invalid_limit", "invalid_status", "unauthorized"),
                 },
             },
         },
@@ -317,7 +337,7 @@ def _api_paths() -> Json:
                 "operationId": "getJob",
                 "summary": "A job's state",
                 "responses": {"200": _job_response("The job.", location=False),
-                              **_errors("unauthorized", "not_found", "rate_limited")},
+                              **_errors("unauthorized", "not_found")},
             },
             "delete": {
                 "operationId": "cancelJob",
@@ -325,7 +345,7 @@ def _api_paths() -> Json:
                 "responses": {
                     "202": {"description": "Cancellation accepted; the job ends `cancelled` promptly.",
                             "content": _json(_ref("Job"))},
-                    **_errors("unauthorized", "not_found", "not_cancellable", "rate_limited"),
+                    **_errors("unauthorized", "not_found", "not_cancellable"),
                 },
             },
         },
@@ -339,8 +359,7 @@ def _api_paths() -> Json:
                 "responses": {
                     "200": stream_events,
                     "204": {"description": "The client already saw the terminal event."},
-                    **_errors("invalid_last_event_id", "unauthorized", "not_found", "too_many_streams",
-                              "rate_limited"),
+                    **_errors("invalid_last_event_id", "unauthorized", "not_found", "too_many_streams"),
                 },
             },
         },
@@ -357,17 +376,18 @@ def _service_paths() -> Json:
             "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}},
         }),
         "/static/{file}": {
-            "parameters": [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"},
+                            "examples": {"script": {"value": "app.js"}}}],
             **get("staticFile", "A file of the demo page", {
                 "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
                 "404": {"description": "No such file."},
             }),
         },
         "/healthz": get("healthz", "Liveness: 200 while the process lives", {
-            "200": {"description": "Alive.", "content": _json({"type": "object"})},
+            "200": {"description": "Alive.", "content": _json(_object({"status": {"const": "ok"}}))},
         }),
         "/readyz": get("readyz", "Readiness: 200 while it accepts jobs", {
-            "200": {"description": "Ready.", "content": _json({"type": "object"})},
+            "200": {"description": "Ready.", "content": _json(_object({"status": {"const": "ready"}}))},
             **_errors("not_ready"),
         }),
         "/metrics": get("metrics", "Prometheus metrics", {

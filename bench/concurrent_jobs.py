@@ -53,6 +53,7 @@ async def run(server: Server, jobs: int) -> None:
         await one_job(clients[-1], -1)  # warm-up: first-request paths off the clock
         rss_before = server.rss_mib()
         cpu_before = server.cpu_seconds()
+        client_cpu_before = time.process_time()
         started = time.perf_counter()
         results = await asyncio.wait_for(
             asyncio.gather(*(one_job(clients[i], i) for i in range(jobs)),
@@ -60,6 +61,7 @@ async def run(server: Server, jobs: int) -> None:
             RUN_TIMEOUT_S,
         )
         cpu_used = server.cpu_seconds() - cpu_before
+        client_cpu_used = time.process_time() - client_cpu_before
         rss_after = server.rss_mib()
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
@@ -89,6 +91,8 @@ async def run(server: Server, jobs: int) -> None:
     print(f"events_per_s: {events / wall:.0f}" if wall > 0 else "events_per_s: n/a")
     print(f"server_cpu_s: {cpu_used:.2f}")
     print(f"server_cpu_ms_per_job: {cpu_used * 1000 / jobs:.1f}")
+    # the bench shares the machine's cores with the server; a busy client skews wall time
+    print(f"bench_client_cpu_s: {client_cpu_used:.2f}")
     print(f"server_rss_mib_before: {rss_before:.1f}")
     print(f"server_rss_mib_after: {rss_after:.1f}")
 

@@ -44,6 +44,11 @@ class DeltaCoalescer:
         buffer = self._parts.get(part)
         return self._flush(part, buffer, now) if buffer else None
 
+    def flush_all(self, now: float) -> list[dict[str, Any]]:
+        """Every part's held text, before the job's final event."""
+        return [delta for part, buffer in list(self._parts.items())
+                if (delta := self._flush(part, buffer, now))]
+
     def due(self, now: float) -> list[dict[str, Any]]:
         """Deltas for every part whose interval has passed with text held."""
         return [delta for part, buffer in list(self._parts.items())

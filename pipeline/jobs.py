@@ -229,6 +229,8 @@ class JobRunner:
                 continue
             kind = message["type"]
             if kind == "stop":
+                for delta in coalescer.flush_all(time.monotonic()):
+                    await self._publish(job, "delta", delta)
                 return
             if kind == "stage":
                 stage = Stage(message["stage"])
@@ -303,8 +305,6 @@ class JobRunner:
 
 def classify(exc: BaseException, job: Job) -> JobError:
     """The job error for whatever ended the flow; unexpected ones are logged in full."""
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return classify(exc.exceptions[0], job)
     if isinstance(exc, JobError):
         return exc
     if isinstance(exc, TimeoutError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -40,6 +42,9 @@ class Metrics:
                                        "Streams ended because the client stopped reading.",
                                        registry=r)
 
+        self.tasks = Gauge("articlestream_asyncio_tasks",
+                           "Tasks alive in the event loop (read at scrape time).", registry=r)
+        self.tasks.set_function(lambda: len(asyncio.all_tasks()))
         #: the open-streams gauge's value, kept as a plain int for the MAX_STREAMS check
         self.streams_open = 0
 

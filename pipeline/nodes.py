@@ -33,6 +33,12 @@ def _emit(queue: asyncio.Queue[dict[str, Any]]) -> Callable[..., Awaitable[None]
     return emit
 
 
+def _first_error(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first section's failure stands for the node's (siblings were cancelled)."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class GenerateOutline(AsyncNode):  # type: ignore[misc]
     """Asks for a YAML outline and validates it; PocketFlow retries malformed replies."""
 
@@ -107,9 +113,12 @@ class WriteContent(AsyncNode):  # type: ignore[misc]
             await emit("section", index=index, title=title, content=contents[index])
 
         # A task group, not asyncio.gather: one failed section cancels its siblings.
-        async with anyio.create_task_group() as tg:
-            for index, title in enumerate(sections):
-                tg.start_soon(write, index, title)
+        try:
+            async with anyio.create_task_group() as tg:
+                for index, title in enumerate(sections):
+                    tg.start_soon(write, index, title)
+        except ExceptionGroup as group:
+            raise _first_error(group) from None
         return contents
 
     async def post_async(self, shared: Shared, prep: Any, contents: list[str]) -> None:

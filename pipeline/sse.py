@@ -36,14 +36,14 @@ def encode(data: str, *, event: str | None = None, id: str | None = None) -> byt
     # A space after the colon is always written, because a parser strips exactly
     # one leading space: data that itself starts with a space survives intact.
     lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
-    return ("\n".join(lines) + "\n\n").encode()
+    return _utf8("\n".join(lines) + "\n\n")
 
 
 def comment(text: str = "") -> bytes:
     """A comment line (a parser ignores it); used as a keep-alive."""
     if "\r" in text or "\n" in text:
         raise FrameError(f"A comment cannot hold CR or LF: {text!r}")
-    return f": {text}\n\n".encode() if text else b":\n\n"
+    return _utf8(f": {text}\n\n") if text else b":\n\n"
 
 
 def retry(milliseconds: int) -> bytes:
@@ -51,3 +51,11 @@ def retry(milliseconds: int) -> bytes:
     if milliseconds < 0:
         raise FrameError(f"A retry delay cannot be negative: {milliseconds}")
     return f"retry: {milliseconds}\n\n".encode()
+
+
+def _utf8(frame: str) -> bytes:
+    try:
+        return frame.encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end]
+        raise FrameError(f"A frame must be UTF-8 text; it holds a lone surrogate: {bad!r}") from None

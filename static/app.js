@@ -14,6 +14,7 @@
     done: "Done",
   };
   const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+  const GONE = "This job no longer exists; it may have expired.";
   // How long to wait before asking again when the stream was refused (e.g. 429).
   const RETRY_MS = 3000;
 
@@ -31,7 +32,6 @@
     progress: $("progress"),
     progressValue: $("progress-value"),
     stage: $("stage"),
-    stageMessage: $("stage-message"),
     status: $("status"),
     error: $("error"),
     errorCode: $("error-code"),
@@ -91,7 +91,10 @@
   const apply = {
     status(data) {
       if (data.status) model.status = data.status;
-      if (data.stage) model.stage = data.stage;
+      if (data.stage && data.stage !== model.stage) {
+        model.stage = data.stage;
+        model.message = "";
+      }
       raiseProgress(data.progress);
     },
     outline(data) {
@@ -136,13 +139,17 @@
     },
     error(data) {
       model.status = "failed";
-      model.outcome = { kind: "error", code: String(data.code ?? "error"), message: String(data.message ?? "") };
+      model.outcome = outcome("error", data);
     },
     cancelled(data) {
       model.status = "cancelled";
-      model.outcome = { kind: "cancelled", code: String(data.code ?? "cancelled"), message: String(data.message ?? "") };
+      model.outcome = outcome("cancelled", data);
     },
   };
+
+  function outcome(kind, data) {
+    return { kind, code: String(data.code ?? kind), message: String(data.message ?? "") };
+  }
 
   // A job snapshot (GET /api/jobs/{id}) that has already ended stands in for its terminal event.
   function applySnapshot(job) {
@@ -164,7 +171,7 @@
   function openStream() {
     closeStream();
     const id = model.id;
-    let url = `/api/jobs/${encodeURIComponent(id)}/events`;
+    let url = `${jobPath(id)}/events`;
     // A fresh EventSource cannot send Last-Event-ID, so resume by query instead.
     if (model.lastEventId > 0) url += `?last_event_id=${model.lastEventId}`;
     const es = new EventSource(url);
@@ -212,26 +219,18 @@
     });
   }
 
+  // The stream was refused: the job itself says whether it ended or we should try again.
   async function reconcile(id) {
-    let res;
-    try {
-      res = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { headers: { Accept: "application/json" } });
-    } catch {
-      res = null;
-    }
+    const { res, body } = await callApi("GET", jobPath(id));
     if (!model || model.id !== id || model.outcome) return;
     if (res && res.status === 404) {
-      apply.error({ code: "not_found", message: "This job no longer exists; it may have expired." });
+      apply.error({ code: "not_found", message: GONE });
       render();
       return;
     }
-    if (res && res.ok) {
-      const job = await res.json().catch(() => null);
-      if (!model || model.id !== id || model.outcome) return;
-      if (job && applySnapshot(job)) {
-        render();
-        return;
-      }
+    if (res && res.ok && body && applySnapshot(body)) {
+      render();
+      return;
     }
     model.connection = "reconnecting";
     render();
@@ -275,7 +274,13 @@
 
   function connectionLabel(m) {
     if (m.outcome) return "";
-    return { connecting: "connecting…", live: "live", reconnecting: "reconnecting…", offline: "offline" }[m.connection] || "";
+    const labels = {
+      connecting: "connecting…",
+      live: "live",
+      reconnecting: "reconnecting…",
+      offline: "offline",
+    };
+    return labels[m.connection] || "";
   }
 
   function renderOutline(m) {
@@ -347,8 +352,8 @@
 
     ui.progress.value = m.progress;
     setText(ui.progressValue, `${m.progress}%`);
-    setText(ui.stage, STAGE_NAMES[m.stage] || m.stage);
-    setText(ui.stageMessage, m.outcome ? "" : m.message);
+    // The server's own words for the stage when it gave some, else our name for it.
+    setText(ui.stage, (!m.outcome && m.message) || STAGE_NAMES[m.stage] || m.stage);
     setText(ui.status, statusLine(m));
 
     const outcome = m.outcome ? m.outcome.kind : "";
@@ -374,9 +379,37 @@
 
   // ---- user actions ----
 
+  function jobPath(id) {
+    return `/api/jobs/${encodeURIComponent(id)}`;
+  }
+
+  // One JSON call; `res` is null when the server could not be reached.
+  async function callApi(method, path, payload) {
+    const init = { method, headers: { Accept: "application/json" } };
+    if (payload !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(payload);
+    }
+    try {
+      const res = await fetch(path, init);
+      return { res, body: await res.json().catch(() => null) };
+    } catch {
+      return { res: null, body: null };
+    }
+  }
+
+  // The service's error object for a failed call, or one in the same shape.
+  function errorOf(res, body) {
+    if (!res) return { code: "network_error", message: "Could not reach the server." };
+    const error = (body && body.error) || { code: `http_${res.status}`, message: res.statusText };
+    const wait = res.headers.get("Retry-After");
+    return wait ? { ...error, message: `${error.message} Try again in ${wait} s.` } : error;
+  }
+
   function showFormError(error) {
     ui.formError.hidden = !error;
-    ui.formError.textContent = error ? `${error.message || "Something went wrong."} (${error.code})` : "";
+    const text = error ? `${error.message || "Something went wrong."} (${error.code})` : "";
+    setText(ui.formError, text);
   }
 
   async function submitTopic(event) {
@@ -389,26 +422,14 @@
     }
     showFormError(null);
     ui.submit.disabled = true;
-    try {
-      const res = await fetch("/api/jobs", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ topic }),
-      });
-      const body = await res.json().catch(() => null);
-      if (!res.ok || !body || !body.id) {
-        const error = (body && body.error) || { code: `http_${res.status}`, message: res.statusText };
-        const wait = res.headers.get("Retry-After");
-        showFormError(wait ? { ...error, message: `${error.message} Try again in ${wait} s.` } : error);
-        return;
-      }
-      history.replaceState(null, "", `#job=${encodeURIComponent(body.id)}`);
-      attach(body);
-    } catch {
-      showFormError({ code: "network_error", message: "Could not reach the server." });
-    } finally {
-      ui.submit.disabled = false;
+    const { res, body } = await callApi("POST", "/api/jobs", { topic });
+    ui.submit.disabled = false;
+    if (!res || !res.ok || !body || !body.id) {
+      showFormError(errorOf(res, body));
+      return;
     }
+    history.replaceState(null, "", `#job=${encodeURIComponent(body.id)}`);
+    attach(body);
   }
 
   async function cancelJob() {
@@ -416,43 +437,34 @@
     const id = model.id;
     model.cancelling = true;
     render();
-    try {
-      const res = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { method: "DELETE", headers: { Accept: "application/json" } });
-      const body = await res.json().catch(() => null);
-      if (!model || model.id !== id) return;
-      if (res.ok && body && !model.outcome && applySnapshot(body)) closeStream();
-      // 409: it finished first; its terminal event is on the stream.
-      if (!res.ok && res.status !== 409) model.cancelling = false;
-    } catch {
-      if (model && model.id === id) model.cancelling = false;
-    }
+    const { res, body } = await callApi("DELETE", jobPath(id));
+    if (!model || model.id !== id) return;
+    if (res && res.ok && body && !model.outcome && applySnapshot(body)) closeStream();
+    // A 409 means it ended first; its terminal event is on the stream. Else let the user retry.
+    if (!res || (!res.ok && res.status !== 409)) model.cancelling = false;
     render();
   }
 
   function jobFromHash() {
     const match = /^#job=(.+)$/.exec(location.hash);
     if (!match) return null;
-    const id = decodeURIComponent(match[1]);
-    return JOB_ID.test(id) ? id : null;
+    try {
+      const id = decodeURIComponent(match[1]);
+      return JOB_ID.test(id) ? id : null;
+    } catch {
+      return null; // a malformed %-escape
+    }
   }
 
   // Re-attach to the job named in the URL, so a reload keeps watching it.
   async function resume() {
     const id = jobFromHash();
     if (!id || (model && model.id === id)) return;
-    let res;
-    try {
-      res = await fetch(`/api/jobs/${encodeURIComponent(id)}`, { headers: { Accept: "application/json" } });
-    } catch {
-      showFormError({ code: "network_error", message: "Could not reach the server." });
-      return;
-    }
-    const body = await res.json().catch(() => null);
-    if (!res.ok || !body || !body.id) {
-      const error = (body && body.error) || { code: `http_${res.status}`, message: res.statusText };
-      if (res.status === 404) error.message = "That job no longer exists; it may have expired.";
-      showFormError(error);
-      history.replaceState(null, "", location.pathname + location.search);
+    const { res, body } = await callApi("GET", jobPath(id));
+    if (!res || !res.ok || !body || !body.id) {
+      const error = errorOf(res, body);
+      showFormError(res && res.status === 404 ? { ...error, message: GONE } : error);
+      if (res) history.replaceState(null, "", location.pathname + location.search);
       return;
     }
     attach(body);

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -87,24 +89,41 @@ def start_server(tmp_path: Path) -> Iterator[object]:
         server.proc.wait(timeout=10)
 
 
+@dataclass
+class ServedApp:
+    url: str
+    app: Any
+    loop: asyncio.AbstractEventLoop
+
+    def request_shutdown(self) -> None:
+        """What SIGTERM does in `python app.py`: start the drain, in the server's loop."""
+        self.loop.call_soon_threadsafe(self.app.state.shutdown_requested.set)
+
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run a coroutine in the server's loop (to look at the app's state) and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
 @pytest.fixture
-def serve_app() -> Iterator[object]:
-    """Factory: `serve_app(app)` serves an ASGI app with uvicorn in a thread; returns its URL."""
+def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
+    """Factory: `serve_app(app)` serves an ASGI app with uvicorn in a thread on a free port."""
     running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def serve(app: object) -> str:
+    def serve(app: Any) -> ServedApp:
         port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                 timeout_graceful_shutdown=2)
         server = uvicorn.Server(config)  # off the main thread it leaves signals alone
-        thread = threading.Thread(target=server.run, daemon=True)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),),
+                                  daemon=True)
         thread.start()
         running.append((server, thread))
-        url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url)
-        return url
+        served = ServedApp(f"http://127.0.0.1:{port}", app, loop)
+        wait_until_healthy(served.url)
+        return served
 
     yield serve
     for server, thread in running:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=15)

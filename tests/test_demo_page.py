@@ -33,7 +33,8 @@ WATCH_SCRIPT = """
 window.__imgs = 0;
 window.__violations = [];
 window.__texts = {};
-document.addEventListener("securitypolicyviolation", (e) => window.__violations.push(e.violatedDirective));
+document.addEventListener("securitypolicyviolation",
+                          (e) => window.__violations.push(e.violatedDirective));
 new MutationObserver((records) => {
   for (const r of records) for (const n of r.addedNodes) {
     if (n.nodeType === 1 && (n.tagName === "IMG" || n.querySelector("img"))) window.__imgs += 1;
@@ -46,7 +47,7 @@ new MutationObserver((records) => {
 }).observe(document, {childList: true, subtree: true, characterData: true});
 """
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,8 @@ def assert_sections_once(page: Page, url: str, job_id: str) -> None:
     expected = section_events(url, job_id)
     cards = page.locator("#sections .section")
     expect(cards).to_have_count(len(expected), timeout=UI_TIMEOUT_MS)
-    assert cards.evaluate_all("cs => cs.map(c => c.dataset.index)") == [str(i) for i in sorted(expected)]
+    indexes = cards.evaluate_all("cs => cs.map(c => c.dataset.index)")
+    assert indexes == [str(i) for i in sorted(expected)]
     assert page.locator("#sections .section-title").all_text_contents() == [
         expected[i]["title"] for i in sorted(expected)
     ]
@@ -169,6 +171,7 @@ def test_cancel_shows_cancelled_state(start_server: Callable[..., Any], page: Pa
 
     cancel = page.get_by_role("button", name="Cancel")
     expect(cancel).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.locator("#stage")).to_have_text(re.compile("outline"), timeout=UI_TIMEOUT_MS)
     cancel.click()
 
     expect(page.locator("#cancelled")).to_be_visible(timeout=UI_TIMEOUT_MS)
@@ -193,14 +196,15 @@ def dropped_stream(events_url: str, *, after_deltas: int) -> bytes:
             while b"\n\n" in buffer:
                 frame, buffer = buffer.split(b"\n\n", 1)
                 frame += b"\n\n"
-                fields = {}
+                fields: dict[str, str] = {}
                 for line in frame.decode().splitlines():
                     name, _, value = line.partition(":")
                     fields[name] = value.removeprefix(" ")
                 if "id" in fields and deltas >= after_deltas:
                     return body + frame[: len(frame) // 2]
                 body += frame
-                if fields.get("event") == "delta" and json.loads(fields["data"])["stage"] == "content":
+                is_delta = fields.get("event") == "delta"
+                if is_delta and json.loads(fields["data"])["stage"] == "content":
                     deltas += 1
     raise AssertionError("the stream ended before it could be cut")
 
@@ -217,7 +221,7 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
             route.continue_()
             return
         body = dropped_stream(route.request.url, after_deltas=4)
-        route.fulfill(status=200, headers={"content-type": "text/event-stream; charset=utf-8"}, body=body)
+        route.fulfill(status=200, content_type="text/event-stream; charset=utf-8", body=body)
 
     page.route(re.compile(r"/api/jobs/[^/]+/events"), drop_first_stream)
     page.goto(f"{server.url}/")
@@ -232,7 +236,7 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
     job = fetch_job(server.url, job_id)
     assert_sections_once(page, server.url, job_id)
     assert page.locator("#article").text_content() == job["article"]
-    # No delta was applied twice or lost: every text the page ever showed grew toward the final one.
+    # No delta applied twice or lost: every text the page ever showed grew toward the final one.
     finals = {f"section-{i}": s["content"] for i, s in section_events(server.url, job_id).items()}
     finals["article"] = job["article"]
     shown: dict[str, list[str]] = page.evaluate("window.__texts")
@@ -245,7 +249,10 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
 def test_security_headers_and_clean_console(start_server: Callable[..., Any], page: Page) -> None:
     server = start_server(OFFLINE_LLM_DELAY_MS="50")
     problems: list[str] = []
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type in ("error", "warning") else None)
+    page.on(
+        "console",
+        lambda msg: problems.append(msg.text) if msg.type in ("error", "warning") else None,
+    )
     page.on("pageerror", lambda error: problems.append(str(error)))
 
     response = page.goto(f"{server.url}/")

@@ -16,11 +16,12 @@ Its line splitting (CR, LF, CRLF only; not str.splitlines) does follow the spec.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import httpx
+from httpx_sse import ServerSentEvent, connect_sse
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from httpx_sse import ServerSentEvent, connect_sse
 
 from pipeline.sse import FrameError, comment, encode, retry
 
@@ -29,7 +30,9 @@ from pipeline.sse import FrameError, comment, encode, retry
 # merges its alphabet into one flat set of characters and would make the special ones rare.
 # Lone surrogates are left out: they are not text a UTF-8 stream can carry (test_sse.py pins
 # down what the encoder does with them).
-_SPECIAL = st.sampled_from(["\r", "\n", "\r\n", "\0", " ", ":", "\ufeff", "\u2028", "\x85", "\x0b", "é", "🚀"])
+_SPECIAL = st.sampled_from(
+    ["\r", "\n", "\r\n", "\0", " ", ":", "\ufeff", "\u2028", "\x85", "\x0b", "é", "🚀"]
+)
 TEXT = st.lists(st.one_of(_SPECIAL, st.characters(codec="utf-8")), max_size=40).map("".join)
 # Mostly plain names, so that most frames are accepted, with the awkward ones mixed in.
 FIELD = st.none() | st.text(max_size=20) | TEXT
@@ -50,7 +53,7 @@ def as_lf(data: str) -> str:
 
 def chunked(wire: bytes, cuts: list[int]) -> list[bytes]:
     edges = [0, *sorted(cuts), len(wire)]
-    return [wire[start:end] for start, end in zip(edges, edges[1:]) if end > start]
+    return [wire[start:end] for start, end in pairwise(edges) if end > start]
 
 
 def parse(chunks: list[bytes]) -> list[ServerSentEvent]:
