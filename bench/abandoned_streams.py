@@ -73,72 +73,82 @@ async def open_one(
         return OpenStream(response, chunks)
 
 
-async def run(server: Server, streams: int, jobs: int) -> None:
+def print_watched(label: str, metrics: str) -> None:
+    for needle in WATCHED_METRICS:
+        for name, value in gauge_lines(metrics, needle).items():
+            print(f"{label}: {name} {value:g}")
+
+
+async def one_round(server: Server, client: httpx.AsyncClient, probe: httpx.AsyncClient,
+                    job_ids: list[str], streams: int, round_no: int) -> None:
+    """Open `streams` streams spread over the jobs, abandon them all, wait for the gauge."""
+    gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+    started = time.perf_counter()
+    opened = await asyncio.gather(
+        *(open_one(client, job_ids[i % len(job_ids)], gate) for i in range(streams)),
+        return_exceptions=True,
+    )
+    streams_open = [r for r in opened if isinstance(r, OpenStream)]
+    failures = [r for r in opened if not isinstance(r, OpenStream)]
+    prefix = f"round{round_no}"
+    print(f"{prefix}_streams_opened: {len(streams_open)} of {streams} in "
+          f"{time.perf_counter() - started:.2f}s")
+    for failure in failures[:3]:
+        print(f"{prefix}_open_failure: {failure!r}")
+    print(f"{prefix}_gauge_while_open: {await open_streams_gauge(probe)}")
+    print_watched(f"{prefix}_metric_while_open", (await probe.get("/metrics")).text)
+    print(f"{prefix}_server_rss_mib_while_open: {server.rss_mib():.1f}")
+    statuses = [(await probe.get(f"/api/jobs/{j}")).json()["status"] for j in job_ids]
+    print(f"{prefix}_job_statuses_at_abandon: {statuses}")
+
+    abandoned_at = time.perf_counter()
+    await asyncio.gather(*(stream.abandon() for stream in streams_open))
+    gauge = await open_streams_gauge(probe)
+    deadline = abandoned_at + DRAIN_TIMEOUT_S
+    while gauge and time.perf_counter() < deadline:
+        await asyncio.sleep(POLL_INTERVAL_S)
+        gauge = await open_streams_gauge(probe)
+    print(f"{prefix}_gauge_after_abandon: {gauge}")
+    print(f"{prefix}_gauge_zero_after_s: {time.perf_counter() - abandoned_at:.2f}"
+          if gauge == 0 else f"{prefix}_gauge_zero_after_s: not within {DRAIN_TIMEOUT_S:.0f}s")
+    print_watched(f"{prefix}_metric_after", (await probe.get("/metrics")).text)
+    print(f"{prefix}_server_rss_mib_after: {server.rss_mib():.1f}")
+
+
+async def run(server: Server, streams: int, jobs: int, rounds: int) -> None:
     limits = httpx.Limits(max_connections=streams + 20, max_keepalive_connections=20)
     timeout = httpx.Timeout(OPEN_TIMEOUT_S)
-    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout) as client:
-        # a separate client, so polling never waits on the streaming client's pool
-        async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as probe:
-            metrics_before = (await probe.get("/metrics")).text
-            gauge_name = sorted(gauge_lines(metrics_before, "open_streams")) or ["(none)"]
-            print(f"open_streams_metric: {', '.join(gauge_name)}")
-            for needle in WATCHED_METRICS:
-                for name, value in gauge_lines(metrics_before, needle).items():
-                    print(f"metric_before: {name} {value:g}")
-            rss_before = server.rss_mib()
-            print(f"server_rss_mib_before: {rss_before:.1f}")
+    async with (
+        httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout) as client,
+        # a client of its own, so polling never waits on the streaming client's pool
+        httpx.AsyncClient(base_url=server.url, timeout=10.0) as probe,
+    ):
+        metrics_before = (await probe.get("/metrics")).text
+        gauge_names = sorted(gauge_lines(metrics_before, "open_streams")) or ["(none)"]
+        print(f"open_streams_metric: {', '.join(gauge_names)}")
+        print_watched("metric_before", metrics_before)
+        print(f"server_rss_mib_before: {server.rss_mib():.1f}")
 
-            job_ids = []
-            for index in range(jobs):
-                response = await probe.post("/api/jobs", json={"topic": f"Abandon topic {index}"})
-                response.raise_for_status()
-                job_ids.append(response.json()["id"])
+        job_ids = []
+        for index in range(jobs):
+            response = await probe.post("/api/jobs", json={"topic": f"Abandon topic {index}"})
+            response.raise_for_status()
+            job_ids.append(response.json()["id"])
+        for round_no in range(1, rounds + 1):
+            await one_round(server, client, probe, job_ids, streams, round_no)
 
-            gate = asyncio.Semaphore(OPEN_CONCURRENCY)
-            started = time.perf_counter()
-            opened = await asyncio.gather(
-                *(open_one(client, job_ids[i % jobs], gate) for i in range(streams)),
-                return_exceptions=True,
-            )
-            streams_open = [r for r in opened if isinstance(r, OpenStream)]
-            failures = [r for r in opened if not isinstance(r, OpenStream)]
-            print(f"streams_opened: {len(streams_open)} of {streams} in "
-                  f"{time.perf_counter() - started:.2f}s")
-            for failure in failures[:3]:
-                print(f"open_failure: {failure!r}")
-            print(f"gauge_while_open: {await open_streams_gauge(probe)}")
-            print(f"server_rss_mib_while_open: {server.rss_mib():.1f}")
-            statuses = [(await probe.get(f"/api/jobs/{j}")).json()["status"] for j in job_ids]
-            print(f"job_statuses_at_abandon: {statuses}")
-
-            abandoned_at = time.perf_counter()
-            await asyncio.gather(*(stream.abandon() for stream in streams_open))
-
-            gauge = await open_streams_gauge(probe)
-            deadline = abandoned_at + DRAIN_TIMEOUT_S
-            while gauge and time.perf_counter() < deadline:
-                await asyncio.sleep(POLL_INTERVAL_S)
-                gauge = await open_streams_gauge(probe)
-            waited = time.perf_counter() - abandoned_at
-            print(f"gauge_after_abandon: {gauge}")
-            print(f"gauge_zero_after_s: {waited:.2f}" if gauge == 0 else
-                  f"gauge_zero_after_s: not within {DRAIN_TIMEOUT_S:.0f}s")
-
-            metrics_after = (await probe.get("/metrics")).text
-            for needle in WATCHED_METRICS:
-                for name, value in gauge_lines(metrics_after, needle).items():
-                    print(f"metric_after: {name} {value:g}")
-            print(f"server_rss_mib_after: {server.rss_mib():.1f}")
-            health = await probe.get("/healthz")
-            print(f"healthz_after: {health.status_code}")
-            for job_id in job_ids:
-                await probe.delete(f"/api/jobs/{job_id}")
+        print(f"healthz_after: {(await probe.get('/healthz')).status_code}")
+        cancels = [(await probe.delete(f"/api/jobs/{j}")).status_code for j in job_ids]
+        print(f"cancel_statuses: {cancels}")
+        print_watched("metric_after_cancel", (await probe.get("/metrics")).text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="open-and-abandon rounds; RSS that keeps growing would be a leak")
     parser.add_argument("--delay-ms", type=int, default=20000,
                         help="OFFLINE_LLM_DELAY_MS: slow enough that jobs outlive the bench")
     args = parser.parse_args()
@@ -151,9 +161,10 @@ def main() -> None:
     }
     print(f"streams: {args.streams}")
     print(f"jobs: {args.jobs}")
+    print(f"rounds: {args.rounds}")
     print(f"delay_ms: {args.delay_ms}")
     with run_server(**env) as server:
-        asyncio.run(run(server, args.streams, args.jobs))
+        asyncio.run(run(server, args.streams, args.jobs, args.rounds))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 import httpx
 
-from _server import TERMINAL_EVENTS, Server, percentile, run_server, sse_events
+from _server import (
+    TERMINAL_EVENTS,
+    Server,
+    load_average,
+    machine_cpu_seconds,
+    percentile,
+    run_server,
+    sse_events,
+)
 
 RUN_TIMEOUT_S = 120.0
 
@@ -54,6 +62,8 @@ async def run(server: Server, jobs: int) -> None:
         rss_before = server.rss_mib()
         cpu_before = server.cpu_seconds()
         client_cpu_before = time.process_time()
+        machine_busy_before, machine_total_before = machine_cpu_seconds()
+        load_before = load_average()
         started = time.perf_counter()
         results = await asyncio.wait_for(
             asyncio.gather(*(one_job(clients[i], i) for i in range(jobs)),
@@ -62,6 +72,7 @@ async def run(server: Server, jobs: int) -> None:
         )
         cpu_used = server.cpu_seconds() - cpu_before
         client_cpu_used = time.process_time() - client_cpu_before
+        machine_busy_after, machine_total_after = machine_cpu_seconds()
         rss_after = server.rss_mib()
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
@@ -91,8 +102,15 @@ async def run(server: Server, jobs: int) -> None:
     print(f"events_per_s: {events / wall:.0f}" if wall > 0 else "events_per_s: n/a")
     print(f"server_cpu_s: {cpu_used:.2f}")
     print(f"server_cpu_ms_per_job: {cpu_used * 1000 / jobs:.1f}")
-    # the bench shares the machine's cores with the server; a busy client skews wall time
+    # The bench shares the machine's cores with the server, and so may anything else running:
+    # wall time means little unless the other processes left the cores mostly idle.
+    machine_busy = machine_busy_after - machine_busy_before
+    machine_total = machine_total_after - machine_total_before
     print(f"bench_client_cpu_s: {client_cpu_used:.2f}")
+    print(f"other_processes_cpu_s: {max(0.0, machine_busy - cpu_used - client_cpu_used):.2f}")
+    print(f"machine_busy_pct: {100 * machine_busy / machine_total:.0f}"
+          if machine_total > 0 else "machine_busy_pct: n/a")
+    print(f"load_average_before: {load_before}")
     print(f"server_rss_mib_before: {rss_before:.1f}")
     print(f"server_rss_mib_after: {rss_after:.1f}")
 

@@ -66,11 +66,12 @@ class JobRunner:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The runners and the TTL sweeper; returns only when cancelled."""
-        async with anyio.create_task_group() as tg:
-            for _ in range(self.settings.max_running_jobs):
-                tg.start_soon(self._worker)
-            tg.start_soon(self._sweep)
-            task_status.started()
+        with self._send, self._receive:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.settings.max_running_jobs):
+                    tg.start_soon(self._worker)
+                tg.start_soon(self._sweep)
+                task_status.started()
 
     async def submit(self, topic: str, *, owner: str | None,
                      idempotency: tuple[str, str] | None = None) -> Job:

@@ -272,6 +272,13 @@
     return `${stage}.`;
   }
 
+  // The server's own words for the stage when it gave some, else our name for it.
+  function stageLine(m) {
+    const stage = STAGE_NAMES[m.stage] || m.stage;
+    if (m.outcome && m.outcome.kind !== "done") return `${stage}: stopped`;
+    return (!m.outcome && m.message) || stage;
+  }
+
   function connectionLabel(m) {
     if (m.outcome) return "";
     const labels = {
@@ -281,6 +288,13 @@
       offline: "offline",
     };
     return labels[m.connection] || "";
+  }
+
+  // A part is written, still coming, not begun, or cut short by the job's end.
+  function partState(m, final, started) {
+    if (final) return "written";
+    if (m.outcome) return "stopped";
+    return started ? "writing" : "waiting";
   }
 
   function renderOutline(m) {
@@ -296,8 +310,9 @@
         ui.outline.append(li);
       }
       const part = m.sections.get(index);
-      const state = part && part.final ? "written" : part && part.text ? "writing" : "waiting";
-      li.className = `outline-item is-${state}`;
+      const state = partState(m, part && part.final, Boolean(part && part.text));
+      li.className = "outline-item";
+      li.dataset.state = state;
       setText(li.firstChild, title);
       setText(li.lastChild, state);
     });
@@ -333,8 +348,9 @@
       const node = sectionNode(index);
       const title = part.title || m.titles[index] || `Section ${index + 1}`;
       setText(node.title, title);
-      setText(node.state, part.final ? "written" : "writing…");
-      node.root.classList.toggle("is-final", part.final);
+      const state = partState(m, part.final, true);
+      setText(node.state, state === "writing" ? "writing…" : state);
+      node.root.dataset.state = state;
       setText(node.body, part.text);
     }
     ui.sectionsPanel.hidden = sectionNodes.size === 0;
@@ -352,8 +368,7 @@
 
     ui.progress.value = m.progress;
     setText(ui.progressValue, `${m.progress}%`);
-    // The server's own words for the stage when it gave some, else our name for it.
-    setText(ui.stage, (!m.outcome && m.message) || STAGE_NAMES[m.stage] || m.stage);
+    setText(ui.stage, stageLine(m));
     setText(ui.status, statusLine(m));
 
     const outcome = m.outcome ? m.outcome.kind : "";
@@ -372,9 +387,10 @@
     renderSections(m);
 
     ui.articlePanel.hidden = !m.article && !m.articleFinal;
-    setText(ui.articleState, m.articleFinal ? "" : "(styling…)");
+    const articleState = partState(m, m.articleFinal, true);
+    setText(ui.articleState, { writing: "(styling…)", stopped: "(stopped)" }[articleState] || "");
     setText(ui.article, m.article);
-    ui.articlePanel.classList.toggle("is-final", m.articleFinal);
+    ui.articlePanel.dataset.state = articleState;
   }
 
   // ---- user actions ----

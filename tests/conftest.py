@@ -107,7 +107,7 @@ class ServedApp:
 @pytest.fixture
 def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
     """Factory: `serve_app(app)` serves an ASGI app with uvicorn in a thread on a free port."""
-    running: list[tuple[uvicorn.Server, threading.Thread]] = []
+    running: list[tuple[uvicorn.Server, threading.Thread, asyncio.AbstractEventLoop]] = []
 
     def serve(app: Any) -> ServedApp:
         port = free_port()
@@ -118,12 +118,15 @@ def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
         thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),),
                                   daemon=True)
         thread.start()
-        running.append((server, thread))
+        running.append((server, thread, loop))
         served = ServedApp(f"http://127.0.0.1:{port}", app, loop)
         wait_until_healthy(served.url)
         return served
 
     yield serve
-    for server, thread in running:
+    for server, thread, loop in running:
         server.should_exit = True
         thread.join(timeout=15)
+        if not thread.is_alive():
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()

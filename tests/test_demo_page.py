@@ -181,6 +181,20 @@ def test_cancel_shows_cancelled_state(start_server: Callable[..., Any], page: Pa
     assert fetch_job(server.url, job_id)["status"] == "cancelled"
 
 
+def test_failed_job_shows_its_error(start_server: Callable[..., Any], page: Page) -> None:
+    server = start_server(OFFLINE_LLM_DELAY_MS="2000", JOB_TIMEOUT_SECONDS="0.5")
+    page.goto(f"{server.url}/")
+    job_id = submit_topic(page, server.url, "Too slow")
+
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    job = fetch_job(server.url, job_id)
+    assert job["status"] == "failed"
+    expect(page.locator("#error-code")).to_have_text(job["error"]["code"])
+    expect(page.locator("#error-message")).to_have_text(job["error"]["message"])
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+
+
 def dropped_stream(events_url: str, *, after_deltas: int) -> bytes:
     """The start of a job's real event stream as a dropped connection leaves it.
 

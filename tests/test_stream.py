@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+import threading
+import time
 
 import httpx
 
@@ -127,3 +129,16 @@ def test_100_concurrent_jobs_each_streamed_all_finish(start_server) -> None:
         streams = list(pool.map(lambda job: read_stream(server.url, job["id"], timeout=60), jobs))
     assert [events[-1].event for events in streams] == ["done"] * 100
     assert all(events[-1].data["topic"] == f"Topic {n}" for n, events in enumerate(streams))
+
+
+def test_finished_jobs_and_their_events_are_forgotten_after_the_ttl(start_server) -> None:
+    server = start_server(JOB_TTL_SECONDS="1")
+    job = submit(server.url)
+    read_stream(server.url, job["id"])
+    url = f"{server.url}/api/jobs/{job['id']}"
+    with httpx.Client(timeout=5) as client:
+        deadline = time.monotonic() + 15
+        while client.get(url).status_code == 200:
+            assert time.monotonic() < deadline, "the finished job was never expired"
+            threading.Event().wait(0.1)
+        assert client.get(url + "/events").status_code == 404
