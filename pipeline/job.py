@@ -78,6 +78,7 @@ class Job:
         if self.status is not JobStatus.queued:
             raise TransitionError(f"Job {self.id} cannot start: it is {self.status.value}.")
         self.status = JobStatus.running
+        self.stage = Stage.outline
         self.started_at = time.time()
 
     def advance(self, stage: Stage, progress: int) -> None:

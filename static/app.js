@@ -275,8 +275,9 @@
   // The server's own words for the stage when it gave some, else our name for it.
   function stageLine(m) {
     const stage = STAGE_NAMES[m.stage] || m.stage;
-    if (m.outcome && m.outcome.kind !== "done") return `${stage}: stopped`;
-    return (!m.outcome && m.message) || stage;
+    if (m.outcome) return m.outcome.kind === "done" ? stage : `${stage}: stopped`;
+    if (m.message) return m.message;
+    return m.stage === "queued" && m.status === "running" ? "Starting" : stage;
   }
 
   function connectionLabel(m) {
