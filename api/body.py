@@ -55,7 +55,7 @@ def valid_topic(value: Any, settings: Settings) -> str:
     for char in topic:
         if unicodedata.category(char) in ("Cc", "Cs") or char in _FORBIDDEN:
             raise ApiError(422, "invalid_topic",
-                           f"The topic holds a control character (U+{ord(char):04X}).")
+                           f"The topic holds a control or invalid character (U+{ord(char):04X}).")
     return topic
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from pipeline.prompts import outline_prompt
 from .anthropic_mock import (
     API_KEY,
     FAST_RETRY,
+    Answer,
     Call,
     FakeAnthropic,
     cut_reply,
@@ -53,9 +54,6 @@ def anyio_backend() -> str:
 
 # -- the faults -------------------------------------------------------------------------------
 
-Answer = Callable[[Call], "httpx2.Response | Awaitable[httpx2.Response]"]
-
-
 def on(task: str, fault: Answer, *, attempts: int | None = None,
        section: int | None = None) -> Answer:
     """`fault` for calls of `task` (only the first `attempts` tries, only one section), else good."""
@@ -77,8 +75,11 @@ async def no_answer(call: Call) -> httpx2.Response:
     raise AssertionError("the call should have been cancelled by now")
 
 
-def cut(call: Call) -> httpx2.Response:
-    return cut_reply(expected_text(call.prompt), keep=2)
+def cut_first_tries(call: Call) -> httpx2.Response:
+    """Every section's and the style pass's first reply breaks off after two chunks."""
+    if call.task != "outline" and call.attempt == 1:
+        return cut_reply(expected_text(call.prompt), keep=2)
+    return good_answer(call)
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,10 @@ class Fault:
     outcome: str  # "done", or the job's error code
     calls: dict[str, int]  # HTTP requests the SDK made, by the prompt's task
     overrides: dict[str, Any] = field(default_factory=dict)
-    #: extra requests that must have been made: (task, section index) -> count
+    #: requests for one section, by its index (the calls for its siblings depend on timing)
     section_calls: dict[int, int] = field(default_factory=dict)
+    #: the parts whose deltas must show `"reset": true`
+    resets: frozenset[tuple[str, int | None]] = frozenset()
 
 
 LEAKY = f"invalid x-api-key {API_KEY}"  # an error body that quotes the key
@@ -110,9 +113,9 @@ FAULTS = [
           "llm_error", {"outline": 1, "style": 0}, section_calls={1: 3}),
     Fault("401-key-refused", on("outline", lambda c: status(401, message=LEAKY)), "llm_auth",
           {"outline": 1}),
-    Fault("dropped-mid-stream-then-success", lambda c: (cut if c.attempt == 1 and c.task != "outline"
-                                                         else good_answer)(c),
-          "done", {"outline": 1, "section": 2 * SECTIONS, "style": 2}),
+    Fault("dropped-mid-stream-then-success", cut_first_tries, "done",
+          {"outline": 1, "section": 2 * SECTIONS, "style": 2},
+          resets=frozenset({("content", i) for i in range(SECTIONS)} | {("style", None)})),
     Fault("outline-never-yaml", on("outline", lambda c: reply("sections: [never, closed\n")),
           "bad_outline", {"outline": 3}),
     Fault("job-deadline", on("section", no_answer), "timeout", {"outline": 1, "section": SECTIONS},
@@ -236,10 +239,9 @@ async def test_llm_fault(fault: Fault, serve_app: Any) -> None:
         for index, count in fault.section_calls.items():
             made = [c for c in fake.calls if f"\nSection: {TITLES[index]}\n" in c.prompt]
             assert len(made) == count, f"section {index} calls"
-        if fault.id.startswith("dropped"):
-            resets = {(e.data["stage"], e.data["index"]) for e in first
-                      if e.type == "delta" and e.data["reset"]}
-            assert resets == {("content", i) for i in range(SECTIONS)} | {("style", None)}
+        resets = {(e.data["stage"], e.data["index"]) for e in first
+                  if e.type == "delta" and e.data["reset"]}
+        assert resets == fault.resets
 
         text, after = await settle(client, before["articlestream_asyncio_tasks"])
         assert after["articlestream_running_jobs"] == 0

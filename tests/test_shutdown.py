@@ -111,15 +111,15 @@ async def test_sigterm_drains_jobs_and_streams(start_server: Callable[..., Any])
         tg.start_soon(stop, slow)
 
     for server, expected in ((fast, "done"), (slow, "error/shutdown")):
-        seen = {s.job_id[-6:]: s.last() for s in streams[server.url] if s.failure is None}
         assert all(s.failure is None for s in streams[server.url]), \
             [repr(s.failure) for s in streams[server.url]]
+        seen = [(s.job_id[-6:], s.last()) for s in streams[server.url]]
         # A stream that ended without a terminal event must at least tell the client to retry.
         for stream in streams[server.url]:
             frames = read_frames(bytes(stream.raw))
             if not any(frame.event in TERMINAL for frame in frames):
                 assert "retry" in frames[-1].fields, f"{stream.job_id} ended with {stream.last()}"
-        assert set(seen.values()) == {expected}, (server.url, seen)
+        assert {last for _, last in seen} == {expected}, (server.url, seen)
         assert exit_s[server.url] <= DRAIN_S + 3, \
             f"{server.url} took {exit_s[server.url]:.2f} s to exit after SIGTERM"
         assert server.proc.returncode in (0, -signal.SIGTERM)
@@ -135,8 +135,7 @@ async def test_draining_refuses_work_and_fails_queued_jobs(serve_app: Callable[.
     settings = Settings(llm_provider="offline", offline_llm_delay_ms=3000, max_running_jobs=1,
                         drain_s=1, rate_limit_per_minute=0)
     served = serve_app(create_app(settings))
-    async with httpx.AsyncClient(base_url=served.url, timeout=10) as client, \
-            anyio.create_task_group() as tg:
+    async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
         ids = []
         for n in range(3):
             response = await client.post("/api/jobs", json={"topic": f"Queued {n}"})
@@ -144,33 +143,31 @@ async def test_draining_refuses_work_and_fails_queued_jobs(serve_app: Callable[.
             ids.append(response.json()["id"])
         running, queued = ids[0], ids[1:]
         streams = [Stream(job_id) for job_id in queued]
+        async with anyio.create_task_group() as tg:
+            for stream in streams:
+                tg.start_soon(stream.follow, client)
+            with anyio.fail_after(5):
+                while not all(b"event: status" in stream.raw for stream in streams):
+                    await anyio.sleep(0.02)
+            assert (await client.get(f"/api/jobs/{running}")).json()["status"] == "running"
+
+            served.request_shutdown()
+            with anyio.fail_after(5):
+                while (ready := await client.get("/readyz")).status_code != 503:
+                    await anyio.sleep(0.02)
+            assert ready.json()["error"]["code"] == "not_ready"
+            refused = await client.post("/api/jobs", json={"topic": "Too late"})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "shutting_down"
+            assert int(refused.headers["retry-after"]) >= 1
+
         for stream in streams:
-            tg.start_soon(stream.follow, client)
+            assert stream.failure is None, repr(stream.failure)
+            assert stream.last() == "error/shutdown"
+        # The running job has DRAIN_SECONDS (1 s here) before it is ended too.
         with anyio.fail_after(5):
-            while b"event: status" not in b"".join(bytes(s.raw) for s in streams[-1:]):
-                await anyio.sleep(0.02)
-        assert (await client.get(f"/api/jobs/{running}")).json()["status"] == "running"
-
-        served.request_shutdown()
-        with anyio.fail_after(5):
-            while (ready := await client.get("/readyz")).status_code != 503:
-                await anyio.sleep(0.02)
-        assert ready.json()["error"]["code"] == "not_ready"
-        refused = await client.post("/api/jobs", json={"topic": "Too late"})
-        assert refused.status_code == 503
-        assert refused.json()["error"]["code"] == "shutting_down"
-        assert int(refused.headers["retry-after"]) >= 1
-
-    for stream in streams:
-        assert stream.failure is None, repr(stream.failure)
-        assert stream.last() == "error/shutdown"
-    for job_id in ids:
-        job = (await _get(served.url, job_id))
+            while (job := (await client.get(f"/api/jobs/{running}")).json())["status"] == "running":
+                await anyio.sleep(0.05)
+        jobs = [(await client.get(f"/api/jobs/{job_id}")).json() for job_id in queued] + [job]
+    for job in jobs:
         assert (job["status"], job["error"]["code"]) == ("failed", "shutdown"), job
-
-
-async def _get(url: str, job_id: str) -> Any:
-    async with httpx.AsyncClient(base_url=url) as client:
-        response = await client.get(f"/api/jobs/{job_id}")
-        assert response.status_code == 200
-        return response.json()
