@@ -123,7 +123,6 @@ class Event:
 
     id: int
     type: str
-    data: dict[str, Any]
     frame: bytes
 
     @property

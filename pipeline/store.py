@@ -100,7 +100,7 @@ class MemoryJobStore:
         entry = self._entries[job_id]
         event_id = len(entry.events) + 1
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        event = Event(event_id, type, data, sse.encode(payload, event=type, id=str(event_id)))
+        event = Event(event_id, type, sse.encode(payload, event=type, id=str(event_id)))
         entry.events.append(event)
         entry.changed.set()
         entry.changed = asyncio.Event()
