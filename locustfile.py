@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from locust import HttpUser, between, task
 from requests import RequestException
@@ -25,7 +27,7 @@ TOPICS = (
     "Bicycle maintenance",
 )
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
-# (connect, read): the read timeout is per gap between bytes, and heartbeats keep a quiet stream alive
+# (connect, read): read is per gap between bytes, and heartbeats keep a quiet stream alive
 STREAM_TIMEOUT_S = (10.0, 60.0)
 
 
@@ -58,9 +60,6 @@ class ArticleUser(HttpUser):
                 return
             job_id = submit.json()["id"]
 
-        terminal: str | None = None
-        first_event_seen = False
-        event = "message"
         with self.client.get(
             f"/api/jobs/{job_id}/events",
             name="/api/jobs/[id]/events",
@@ -73,21 +72,7 @@ class ArticleUser(HttpUser):
                 stream.failure(f"stream answered {stream.status_code}")
                 return
             try:
-                # chunk_size=None: each chunk as it arrives, not once 512 bytes have piled up
-                for raw in stream.iter_lines(chunk_size=None):
-                    line = raw.decode("utf-8")
-                    if line.startswith("event:"):
-                        event = line.partition(":")[2].strip()
-                    elif line.startswith("data:"):
-                        if not first_event_seen:
-                            first_event_seen = True
-                            self._report("time to first event", started)
-                        if event in TERMINAL_EVENTS:
-                            terminal = event
-                            data = json.loads(line.partition(":")[2])
-                            break
-                    elif line == "":
-                        event = "message"
+                terminal, data = self._follow(stream.iter_lines(chunk_size=None), started)
             except RequestException as exc:
                 self._report("time to done", started, exc)
                 return
@@ -99,3 +84,25 @@ class ArticleUser(HttpUser):
         else:
             self._report("time to done", started,
                          RuntimeError(f"job ended {terminal}: {data.get('code')}"))
+
+    def _follow(self, lines: Iterator[bytes], started: float) -> tuple[str | None, dict[str, Any]]:
+        """Read SSE lines to the terminal event: its type and data (None if the stream ended).
+
+        `chunk_size=None` above makes `requests` yield each chunk as it arrives, not once
+        512 bytes have piled up.
+        """
+        first_event_seen = False
+        event = "message"
+        for raw in lines:
+            line = raw.decode("utf-8")
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:"):
+                if not first_event_seen:
+                    first_event_seen = True
+                    self._report("time to first event", started)
+                if event in TERMINAL_EVENTS:
+                    return event, json.loads(line.partition(":")[2])
+            elif line == "":
+                event = "message"
+        return None, {}

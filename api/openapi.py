@@ -1,10 +1,10 @@
 """The OpenAPI document of the HTTP and SSE contract, served at GET /openapi.json.
 
-It is OpenAPI 3.2 because 3.2's `itemSchema` describes one event of a
-`text/event-stream`; each event's `data` names its JSON with `contentMediaType`
-and `contentSchema`, so a fuzzer checks every event a stream sends, not only
-the status line. Errors are declared once (`ERRORS`) and attached to operations
-by code, so each documented status also pins the codes it may carry.
+It is OpenAPI 3.2 because 3.2's `itemSchema` describes one event of a `text/event-stream`:
+each event's `data` names its JSON with `contentMediaType` and `contentSchema`, so a fuzzer
+checks every event a stream sends, not only the status line. Request errors are declared once
+(`ERRORS`) and attached to operations by code, so each documented status also pins the codes
+it may carry.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from copy import deepcopy
 from functools import cache
 from typing import Any
 
-__all__ = ["ERRORS", "EVENT_NAMES", "openapi_document"]
+__all__ = ["openapi_document"]
 
 Json = dict[str, Any]
 
 MAX_TOPIC_CHARS = 200
-_JOB_ID_PATTERN = "^j_[A-Za-z0-9_-]{22}$"
-_EVENT_ID_PATTERN = "^([0-9]{1,18})?$"
 MAX_PREFER_WAIT_S = 60
+JOB_ID_PATTERN = "^j_[A-Za-z0-9_-]{22}$"
+# Empty counts as no id at all, as when EventSource has none yet.
+EVENT_ID_PATTERN = "^([0-9]{1,18})?$"
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_STAGES = ("queued", "outline", "content", "style", "done")
@@ -29,20 +30,26 @@ JOB_ERROR_CODES = (
     "bad_outline", "llm_auth", "llm_rate_limited", "llm_overloaded", "llm_timeout",
     "llm_error", "timeout", "shutdown", "worker_lost", "cancelled",
 )
+# Event name -> the component schema of its `data` JSON.
+EVENT_PAYLOADS = {
+    "status": "StatusEvent", "outline": "OutlineEvent", "progress": "ProgressEvent",
+    "delta": "DeltaEvent", "section": "SectionEvent",
+    "done": "DoneEvent", "error": "JobError", "cancelled": "CancelledEvent",
+}
 TERMINAL_EVENTS = ("done", "error", "cancelled")
-EVENT_NAMES = ("status", "outline", "progress", "delta", "section", *TERMINAL_EVENTS)
 
-# code -> (status, when it happens). The single list of request errors.
+# code -> (status, when it happens): every request error the service answers with.
 ERRORS: dict[str, tuple[int, str]] = {
     "malformed_body": (400, "the body is not a JSON object or a UTF-8 form"),
     "invalid_idempotency_key": (400, "`Idempotency-Key` is not 1..200 printable ASCII characters"),
-    "invalid_last_event_id": (400, "`Last-Event-ID` or `last_event_id` is not a number"),
+    "invalid_last_event_id": (400, "`Last-Event-ID` or `last_event_id` is not an event id"),
     "invalid_cursor": (400, "`cursor` is not one this service handed out"),
-    "invalid_limit": (400, "`limit` is not a whole number in range"),
+    "invalid_limit": (400, "`limit` is not a whole number from 1 to 100"),
     "invalid_status": (400, "`status` is not a job status"),
-    "unauthorized": (401, "`API_TOKENS` is set and the bearer token (or `?token=`) is missing or wrong"),
+    "unauthorized": (401, "`API_TOKENS` is set and the bearer token (or `?token=`) is missing "
+                          "or wrong"),
     "not_found": (404, "no such job, or it expired"),
-    "method_not_allowed": (405, "the path exists but not with this method"),
+    "method_not_allowed": (405, "the path exists, but not with this method"),
     "idempotency_conflict": (409, "this `Idempotency-Key` was used with another body"),
     "not_cancellable": (409, "the job already succeeded or failed"),
     "body_too_large": (413, "the body is larger than the service accepts"),
@@ -50,41 +57,27 @@ ERRORS: dict[str, tuple[int, str]] = {
     "invalid_topic": (422, "`topic` is missing, not a string, empty after trimming, too long, "
                            "or holds a control character"),
     "queue_full": (429, "the job queue is full"),
-    "rate_limited": (429, "this client sent too many requests"),
+    "rate_limited": (429, "this client submitted too many jobs"),
     "too_many_streams": (429, "too many event streams are open"),
     "shutting_down": (503, "the service is draining before it stops"),
     "not_ready": (503, "the service does not accept jobs now"),
 }
 
-# What `str.strip()` removes; and what a topic may not hold: control characters (Unicode Cc)
-# and the line and paragraph separators. Lone surrogates (Cc's neighbour Cs) are refused too,
-# but a JSON Schema pattern cannot name them.
-_STRIPPED = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# What `str.strip()` trims, and what a topic may not hold: control characters (Unicode Cc)
+# and the line and paragraph separators. Lone surrogates are refused too, but a JSON Schema
+# pattern cannot name them, so only the description says so.
+_TRIMMED = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
-# Whitespace around the topic is trimmed; what is left is 1..200 characters with none of
-# `_CONTROL`, so it starts and ends with a character that is neither.
+# Trimmed, 1..200 characters are left, none of them `_CONTROL`; so the first and the last
+# are neither trimmed nor control characters.
 TOPIC_PATTERN = (
-    rf"^[{_STRIPPED}]*[^{_STRIPPED}{_CONTROL}]"
-    rf"(?:[^{_CONTROL}]{{0,{MAX_TOPIC_CHARS - 2}}}[^{_STRIPPED}{_CONTROL}])?[{_STRIPPED}]*$"
+    rf"^[{_TRIMMED}]*[^{_TRIMMED}{_CONTROL}]"
+    rf"(?:[^{_CONTROL}]{{0,{MAX_TOPIC_CHARS - 2}}}[^{_TRIMMED}{_CONTROL}])?[{_TRIMMED}]*$"
 )
-
-
-def _ref(name: str) -> Json:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _object(properties: Json, *, required: tuple[str, ...] | None = None, **extra: Any) -> Json:
-    """An object schema; every property is required unless `required` says otherwise."""
-    names = list(properties) if required is None else list(required)
-    return {"type": "object", "required": names, "properties": properties, **extra}
-
-
-def _json(schema: Json) -> Json:
-    return {"application/json": {"schema": schema}}
-
 
 _PROGRESS: Json = {"type": "integer", "minimum": 0, "maximum": 100}
 _INDEX: Json = {"type": "integer", "minimum": 0}
+_STRING: Json = {"type": "string"}
 _RETRY_AFTER: Json = {
     "description": "Seconds to wait before trying again.",
     "required": True,
@@ -98,8 +91,31 @@ _WWW_AUTHENTICATE: Json = {
 _LOCATION: Json = {
     "description": "The job's URL, `/api/jobs/{id}`.",
     "required": True,
-    "schema": {"type": "string", "pattern": "^/api/jobs/" + _JOB_ID_PATTERN.removeprefix("^")},
+    "schema": {"type": "string", "pattern": "^/api/jobs/" + JOB_ID_PATTERN.removeprefix("^")},
 }
+# Stateful testing follows these from a job to the operations on it.
+_JOB_LINKS: Json = {
+    name: {"operationId": operation_id, "parameters": {"id": "$response.body#/id"}}
+    for name, operation_id in (("GetJob", "getJob"), ("CancelJob", "cancelJob"),
+                               ("StreamJobEvents", "streamJobEvents"))
+}
+
+
+def _ref(name: str) -> Json:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _param(name: str) -> Json:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+def _object(properties: Json) -> Json:
+    """An object schema with every property required; other properties are allowed."""
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _json(schema: Json) -> Json:
+    return {"application/json": {"schema": schema}}
 
 
 def _errors(*codes: str) -> dict[str, Json]:
@@ -114,8 +130,7 @@ def _errors(*codes: str) -> dict[str, Json]:
             "properties": {"error": {"properties": {"code": {"enum": status_codes}}}},
         }
         description = "; ".join(f"`{code}`: {ERRORS[code][1]}" for code in status_codes)
-        response: Json = {"description": description[0].upper() + description[1:] + ".",
-                          "content": _json(schema)}
+        response: Json = {"description": description + ".", "content": _json(schema)}
         if status in (429, 503):
             response["headers"] = {"Retry-After": _RETRY_AFTER}
         elif status == 401:
@@ -132,49 +147,41 @@ def _job_response(description: str, *, location: bool = True) -> Json:
     return response
 
 
-# Stateful testing follows these from a created job to the operations on it.
-_JOB_LINKS: Json = {
-    name: {"operationId": operation_id, "parameters": {"id": "$response.body#/id"}}
-    for name, operation_id in (("GetJob", "getJob"), ("CancelJob", "cancelJob"),
-                               ("StreamJobEvents", "streamJobEvents"))
-}
-
-
 def _schemas() -> Json:
     nullable_time: Json = {"type": ["string", "null"], "format": "date-time"}
     return {
         "Topic": {
             "type": "string",
             "pattern": TOPIC_PATTERN,
-            "description": (f"What the article is about. Trimmed of surrounding whitespace, then "
-                            f"1..{MAX_TOPIC_CHARS} characters with no control character (Unicode Cc), "
-                            "lone surrogate, U+2028 or U+2029."),
+            "description": (f"What the article is about. Trimmed of surrounding whitespace, "
+                            f"then 1..{MAX_TOPIC_CHARS} characters with no control character "
+                            "(Unicode Cc), lone surrogate, U+2028 or U+2029."),
             "examples": ["Home composting"],
         },
         "JobRequest": _object({"topic": _ref("Topic")}),
         "Job": _object({
-            "id": {"type": "string", "pattern": _JOB_ID_PATTERN,
-                   "description": "Opaque, URL-safe, 128+ bits of randomness."},
-            "topic": {"type": "string"},
+            "id": {"type": "string", "pattern": JOB_ID_PATTERN,
+                   "description": "Opaque and URL-safe, with 128 bits of randomness."},
+            "topic": _STRING,
             "status": {"enum": list(JOB_STATUSES)},
             "stage": {"enum": list(JOB_STAGES)},
-            "progress": {**_PROGRESS, "description": "0..100; never decreases."},
+            "progress": {**_PROGRESS, "description": "0..100; it never decreases."},
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": nullable_time,
             "finished_at": nullable_time,
-            "sections": {"type": ["array", "null"], "items": {"type": "string"},
-                         "description": "Section titles once the outline exists."},
+            "sections": {"type": ["array", "null"], "items": _STRING,
+                         "description": "The section titles, once the outline exists."},
             "article": {"type": ["string", "null"],
-                        "description": "The styled article (markdown) once the job succeeded."},
+                        "description": "The styled article (markdown), once the job succeeded."},
             "error": {"oneOf": [_ref("JobError"), {"type": "null"}],
                       "description": "Why the job failed or was cancelled."},
-            "links": _object({"self": {"type": "string"}, "events": {"type": "string"}}),
+            "links": _object({"self": _STRING, "events": _STRING}),
         }),
-        "JobError": _object({"code": {"enum": list(JOB_ERROR_CODES)}, "message": {"type": "string"}}),
+        "JobError": _object({"code": {"enum": list(JOB_ERROR_CODES)}, "message": _STRING}),
         "JobList": _object({
             "jobs": {"type": "array", "items": _ref("Job"), "description": "Newest first."},
             "next_cursor": {"type": ["string", "null"],
-                            "description": "Pass as `cursor` for the next page; null on the last."},
+                            "description": "The `cursor` of the next page; null on the last."},
         }),
         "ErrorBody": _object({
             "code": {"type": "string", "pattern": "^[a-z][a-z0-9]*(_[a-z0-9]+)*$"},
@@ -186,122 +193,122 @@ def _schemas() -> Json:
 
 
 def _event_schemas() -> Json:
-    """The JSON in each event's `data` line."""
+    """The JSON of each event's `data` line, and the event itself."""
+    delta = _object({"stage": {"enum": ["content", "style"]},
+                     "index": {"type": ["integer", "null"]},
+                     "text": _STRING, "reset": {"type": "boolean"}})
     return {
         "StatusEvent": _object({"status": {"enum": ["queued", "running"]},
                                 "stage": {"enum": list(JOB_STAGES)}, "progress": _PROGRESS}),
-        "OutlineEvent": _object({"sections": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "OutlineEvent": _object({"sections": {"type": "array", "items": _STRING, "minItems": 1},
                                  "progress": _PROGRESS}),
         "ProgressEvent": _object({"stage": {"enum": ["outline", "content", "style", "done"]},
-                                  "progress": _PROGRESS, "message": {"type": "string"}}),
+                                  "progress": _PROGRESS, "message": _STRING}),
         "DeltaEvent": {
-            **_object({"stage": {"enum": ["content", "style"]}, "index": {"type": ["integer", "null"]},
-                       "text": {"type": "string"}, "reset": {"type": "boolean"}}),
-            "description": ("Appends `text` to a section (`content`, its 0-based `index`) or to the "
-                            "styled article (`style`, `index` null); `reset` drops that part's text first."),
+            **delta,
+            "description": ("Appends `text` to a section (`content` and its 0-based `index`) or "
+                            "to the styled article (`style`, `index` null); `reset` drops the "
+                            "text held for that part first."),
             "oneOf": [
                 {"properties": {"stage": {"const": "content"}, "index": _INDEX}},
                 {"properties": {"stage": {"const": "style"}, "index": {"type": "null"}}},
             ],
         },
-        "SectionEvent": _object({"index": _INDEX, "title": {"type": "string"}, "content": {"type": "string"},
+        "SectionEvent": _object({"index": _INDEX, "title": _STRING, "content": _STRING,
                                  "completed": {"type": "integer", "minimum": 1},
-                                 "total": {"type": "integer", "minimum": 1}, "progress": _PROGRESS}),
+                                 "total": {"type": "integer", "minimum": 1},
+                                 "progress": _PROGRESS}),
         "DoneEvent": {"allOf": [_ref("Job")],
-                      "properties": {"status": {"const": "succeeded"}, "article": {"type": "string"}}},
-        "CancelledEvent": _object({"code": {"const": "cancelled"}, "message": {"type": "string"}}),
-        "StreamEvent": _stream_event(),
-    }
-
-
-def _stream_event() -> Json:
-    """One SSE frame as a client parses it; `data` is checked against its event's schema."""
-    payloads = {"status": "StatusEvent", "outline": "OutlineEvent", "progress": "ProgressEvent",
-                "delta": "DeltaEvent", "section": "SectionEvent", "done": "DoneEvent",
-                "error": "JobError", "cancelled": "CancelledEvent"}
-    return {
-        **_object({
-            "id": {"type": "string", "pattern": "^[1-9][0-9]*$",
-                   "description": "The job's own sequence number: 1, 2, 3, ... with no gaps."},
-            "event": {"enum": list(EVENT_NAMES)},
-            "data": {"type": "string", "description": "One line of JSON; its shape depends on `event`."},
-        }),
-        "oneOf": [
-            {"properties": {"event": {"const": event},
-                            "data": {"contentMediaType": "application/json",
-                                     "contentSchema": _ref(schema)}}}
-            for event, schema in payloads.items()
-        ],
+                      "properties": {"status": {"const": "succeeded"}, "article": _STRING}},
+        "CancelledEvent": _object({"code": {"const": "cancelled"}, "message": _STRING}),
+        "StreamEvent": {
+            **_object({
+                "id": {"type": "string", "pattern": "^[1-9][0-9]*$",
+                       "description": "The job's own sequence number: 1, 2, 3, ... with no gaps."},
+                "event": {"enum": list(EVENT_PAYLOADS)},
+                "data": {"type": "string",
+                         "description": "One line of JSON; its shape depends on `event`."},
+            }),
+            "description": "One event as an SSE parser reads it.",
+            "oneOf": [
+                {"properties": {"event": {"const": event},
+                                "data": {"contentMediaType": "application/json",
+                                         "contentSchema": _ref(schema)}}}
+                for event, schema in EVENT_PAYLOADS.items()
+            ],
+        },
     }
 
 
 def _parameters() -> Json:
+    event_id = {"type": "string", "pattern": EVENT_ID_PATTERN}
     return {
         "JobId": {"name": "id", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": _JOB_ID_PATTERN}},
+                  "schema": {"type": "string", "pattern": JOB_ID_PATTERN}},
         "IdempotencyKey": {
             "name": "Idempotency-Key", "in": "header",
-            "description": "The same key with the same body returns the same job (200); with another body, 409.",
+            "description": ("The same key with the same body returns the same job (200); "
+                            "with another body, 409."),
             "schema": {"type": "string", "pattern": "^[!-~]{1,200}$"},
         },
         "Prefer": {
             "name": "Prefer", "in": "header",
-            "description": (f"`wait=N` (N <= {MAX_PREFER_WAIT_S}): hold the answer up to N seconds and "
-                            "return 201 with the finished job if it ends by then. Other preferences "
-                            "are ignored (RFC 7240)."),
-            "schema": {"type": "string"},
+            "description": (f"`wait=N` (N is capped at {MAX_PREFER_WAIT_S}): hold the answer up "
+                            "to N seconds, and return 201 with the finished job if it ends by "
+                            "then. Other preferences are ignored (RFC 7240)."),
+            "schema": _STRING,
             "examples": {"wait": {"value": "wait=5"}},
         },
         "LastEventIdHeader": {
             "name": "Last-Event-ID", "in": "header",
-            "description": ("Replay the events with a larger id; sent by EventSource when it "
-                            "reconnects. Empty means none."),
-            "schema": {"type": "string", "pattern": _EVENT_ID_PATTERN},
+            "description": ("Replay the events with a larger id; EventSource sends it when it "
+                            "reconnects."),
+            "schema": event_id,
         },
         "LastEventIdQuery": {
             "name": "last_event_id", "in": "query",
-            "description": "As `Last-Event-ID`, for clients that cannot set headers; the header wins.",
-            "schema": {"type": "string", "pattern": _EVENT_ID_PATTERN},
+            "description": "As `Last-Event-ID`, for clients that cannot set headers.",
+            "schema": event_id,
         },
         # An empty `status` or `cursor` counts as not given, as an HTML form sends it.
-        "Status": {"name": "status", "in": "query", "description": "Only jobs in this status; empty: any.",
+        "Status": {"name": "status", "in": "query",
+                   "description": "Only jobs in this status; empty means any.",
                    "schema": {"enum": [*JOB_STATUSES, ""]}},
         "Limit": {"name": "limit", "in": "query", "description": "Page size (default 20).",
                   "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
         "Cursor": {"name": "cursor", "in": "query",
                    "description": ("`next_cursor` of the previous page; an unknown one gets 400, "
                                    "an empty one means the first page."),
-                   "schema": {"type": "string", "pattern": f"^({_JOB_ID_PATTERN.strip('^$')})?$"}},
+                   "schema": {"type": "string",
+                              "pattern": f"^({JOB_ID_PATTERN.strip('^$')})?$"}},
     }
 
 
-def _param(name: str) -> Json:
-    return {"$ref": f"#/components/parameters/{name}"}
-
-
-def _api_paths() -> Json:
-    job_body = {
-        "required": True,
-        "content": {
-            "application/json": {"schema": _ref("JobRequest")},
-            "application/x-www-form-urlencoded": {"schema": _ref("JobRequest")},
-        },
-    }
-    stream_events = {
-        "description": ("The job's events, then the stream ends after the terminal event (`done`, "
-                        "`error` or `cancelled`). It opens with `retry: 2000`; `: keep-alive` comments "
-                        "go out while nothing happens."),
+def _stream_response() -> Json:
+    return {
+        "description": ("The job's events; the stream ends after the terminal event (`done`, "
+                        "`error` or `cancelled`). It opens with `retry: 2000`, and "
+                        "`: keep-alive` comments go out while nothing happens."),
         "headers": {
             "Cache-Control": {"required": True, "schema": {"const": "no-store"}},
             "X-Accel-Buffering": {"required": True, "schema": {"const": "no"}},
         },
         "content": {"text/event-stream": {
             "itemSchema": _ref("StreamEvent"),
-            # At most one terminal event: it ends the stream.
-            "schema": {"type": "array", "contains": {"properties": {"event": {"enum": list(TERMINAL_EVENTS)}}},
+            # The whole stream, as a list of events: at most one terminal event.
+            "schema": {"type": "array",
+                       "contains": {"properties": {"event": {"enum": list(TERMINAL_EVENTS)}}},
                        "minContains": 0, "maxContains": 1},
         }},
     }
+
+
+def _api_paths() -> Json:
+    job_body = {"required": True, "content": {
+        "application/json": {"schema": _ref("JobRequest")},
+        "application/x-www-form-urlencoded": {"schema": _ref("JobRequest")},
+    }}
+    next_page = {"operationId": "listJobs", "parameters": {"cursor": "$response.body#/next_cursor"}}
     return {
         "/api/jobs": {
             "post": {
@@ -310,23 +317,21 @@ def _api_paths() -> Json:
                 "parameters": [_param("IdempotencyKey"), _param("Prefer")],
                 "requestBody": job_body,
                 "responses": {
-                    "200": _job_response("The job this `Idempotency-Key` already created, for the same body."),
-                    "201": _job_response("`Prefer: wait=N` and the job ended in time: the finished job."),
+                    "200": _job_response("The job this `Idempotency-Key` made, for the same body."),
+                    "201": _job_response("`Prefer: wait=N` and the job ended in time."),
                     "202": _job_response("Accepted: the job is queued or running."),
                     **_errors("malformed_body", "invalid_idempotency_key", "unauthorized",
-                              "idempotency_conflict", "body_too_large",
-                              "unsupported_media_type", "invalid_topic", "queue_full", "rate_limited",
-                              "shutting_down"),
+                              "idempotency_conflict", "body_too_large", "unsupported_media_type",
+                              "invalid_topic", "queue_full", "rate_limited", "shutting_down"),
                 },
             },
             "get": {
                 "operationId": "listJobs",
-                "summary": "List jobs, newest first (only the caller's when tokens are set)",
+                "summary": "Jobs, newest first (only the caller's when tokens are set)",
                 "parameters": [_param("Status"), _param("Limit"), _param("Cursor")],
                 "responses": {
                     "200": {"description": "One page of jobs.", "content": _json(_ref("JobList")),
-                            "links": {"NextPage": {"operationId": "listJobs",
-                                                   "parameters": {"cursor": "$response.body#/next_cursor"}}}},
+                            "links": {"NextPage": next_page}},
                     **_errors("invalid_cursor", "invalid_limit", "invalid_status", "unauthorized"),
                 },
             },
@@ -341,10 +346,9 @@ def _api_paths() -> Json:
             },
             "delete": {
                 "operationId": "cancelJob",
-                "summary": "Cancel a queued or running job",
+                "summary": "Cancel a queued or running job; it stays readable",
                 "responses": {
-                    "202": {"description": "Cancellation accepted; the job ends `cancelled` promptly.",
-                            "content": _json(_ref("Job"))},
+                    "202": _job_response("Accepted: the job ends `cancelled` promptly."),
                     **_errors("unauthorized", "not_found", "not_cancellable"),
                 },
             },
@@ -357,9 +361,10 @@ def _api_paths() -> Json:
                 "security": [{}, {"bearerAuth": []}, {"queryToken": []}],
                 "parameters": [_param("LastEventIdHeader"), _param("LastEventIdQuery")],
                 "responses": {
-                    "200": stream_events,
-                    "204": {"description": "The client already saw the terminal event."},
-                    **_errors("invalid_last_event_id", "unauthorized", "not_found", "too_many_streams"),
+                    "200": _stream_response(),
+                    "204": {"description": "The client already has the terminal event."},
+                    **_errors("invalid_last_event_id", "unauthorized", "not_found",
+                              "too_many_streams"),
                 },
             },
         },
@@ -371,32 +376,30 @@ def _service_paths() -> Json:
         return {"get": {"operationId": operation_id, "summary": summary, "security": [],
                         "responses": responses}}
 
+    def ok(description: str, media_type: str, schema: Json) -> Json:
+        return {"200": {"description": description, "content": {media_type: {"schema": schema}}}}
+
+    file_param = {"name": "file", "in": "path", "required": True, "schema": _STRING,
+                  "examples": {"script": {"value": "app.js"}}}
     return {
-        "/": get("demoPage", "The demo page", {
-            "200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}},
-        }),
+        "/": get("demoPage", "The demo page", ok("The page.", "text/html", _STRING)),
         "/static/{file}": {
-            "parameters": [{"name": "file", "in": "path", "required": True, "schema": {"type": "string"},
-                            "examples": {"script": {"value": "app.js"}}}],
+            "parameters": [file_param],
             **get("staticFile", "A file of the demo page", {
-                "200": {"description": "The file.", "content": {"*/*": {"schema": {"type": "string"}}}},
+                **ok("The file.", "*/*", _STRING),
                 "404": {"description": "No such file."},
             }),
         },
-        "/healthz": get("healthz", "Liveness: 200 while the process lives", {
-            "200": {"description": "Alive.", "content": _json(_object({"status": {"const": "ok"}}))},
-        }),
+        "/healthz": get("healthz", "Liveness: 200 while the process lives",
+                        ok("Alive.", "application/json", _object({"status": {"const": "ok"}}))),
         "/readyz": get("readyz", "Readiness: 200 while it accepts jobs", {
-            "200": {"description": "Ready.", "content": _json(_object({"status": {"const": "ready"}}))},
+            **ok("Ready.", "application/json", _object({"status": {"const": "ready"}})),
             **_errors("not_ready"),
         }),
-        "/metrics": get("metrics", "Prometheus metrics", {
-            "200": {"description": "Prometheus text exposition format.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}}},
-        }),
-        "/openapi.json": get("openapi", "This document", {
-            "200": {"description": "OpenAPI 3.2.", "content": _json({"type": "object"})},
-        }),
+        "/metrics": get("metrics", "Prometheus metrics",
+                        ok("The Prometheus text format.", "text/plain", _STRING)),
+        "/openapi.json": get("openapi", "This document",
+                             ok("OpenAPI 3.2.", "application/json", {"type": "object"})),
     }
 
 
@@ -406,26 +409,27 @@ def _document() -> Json:
         "openapi": "3.2.0",
         "info": {
             "title": "ArticleStream",
-            "version": "1.0.0",
-            "summary": "Submit a topic, then watch the article being written as Server-Sent Events.",
+            "version": "0.1.0",
+            "summary": "Submit a topic, then watch the article being written, as Server-Sent Events.",
         },
-        # The service runs open unless API_TOKENS is set, so no credentials is also allowed.
+        # Open unless API_TOKENS is set: no credentials at all is also a way in.
         "security": [{}, {"bearerAuth": []}],
         "paths": {**_api_paths(), **_service_paths()},
         "components": {
             "schemas": _schemas(),
             "parameters": _parameters(),
+            # Not tied to an operation: any path answers it for a method it does not list.
             "responses": {"MethodNotAllowed": _errors("method_not_allowed")["405"]},
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer",
                                "description": "One of the tokens in API_TOKENS."},
                 "queryToken": {"type": "apiKey", "in": "query", "name": "token",
-                               "description": "The same token as a query parameter, for EventSource."},
+                               "description": "A bearer token as `?token=`, for EventSource."},
             },
         },
     }
 
 
 def openapi_document() -> Json:
-    """The OpenAPI 3.2 document; a fresh copy, so a caller cannot alter the shared one."""
+    """The OpenAPI 3.2 document; a fresh copy each call, so no caller alters the shared one."""
     return deepcopy(_document())

@@ -50,6 +50,8 @@ class Server:
     url: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    #: seconds from SIGTERM to exit, once stopped
+    stop_s: float | None = None
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server process, from /proc/<pid>/stat."""
@@ -86,7 +88,7 @@ def _wait_healthy(server: Server) -> None:
 
 @contextmanager
 def run_server(**env: str) -> Iterator[Server]:
-    """Start the service with the offline writer plus `env`; stop it (SIGTERM, then kill) on exit."""
+    """Run the service with the offline writer plus `env`; on exit SIGTERM it, then kill."""
     port = free_port()
     full_env = {
         "PATH": os.environ.get("PATH", ""),
@@ -113,9 +115,11 @@ def run_server(**env: str) -> Iterator[Server]:
         yield server
     finally:
         if proc.poll() is None:
+            stopping = time.perf_counter()
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=STOP_TIMEOUT_S)
+                server.stop_s = time.perf_counter() - stopping
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=STOP_TIMEOUT_S)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from _server import Server, run_server
+from _server import STOP_TIMEOUT_S, Server, run_server
 
 OPEN_CONCURRENCY = 100
 OPEN_TIMEOUT_S = 60.0
@@ -165,6 +165,8 @@ def main() -> None:
     print(f"delay_ms: {args.delay_ms}")
     with run_server(**env) as server:
         asyncio.run(run(server, args.streams, args.jobs, args.rounds))
+    print(f"server_stop_after_sigterm_s: {server.stop_s:.2f}" if server.stop_s is not None
+          else f"server_stop_after_sigterm_s: over {STOP_TIMEOUT_S:.0f}, killed")
 
 
 if __name__ == "__main__":

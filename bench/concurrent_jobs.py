@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from _server import (
+    STOP_TIMEOUT_S,
     TERMINAL_EVENTS,
     Server,
     load_average,
@@ -33,6 +34,8 @@ class JobResult:
     events: int
     submitted_at: float
     ended_at: float
+    #: seconds after the submit at which the last event of each type arrived
+    marks: dict[str, float]
 
 
 async def one_job(client: httpx.AsyncClient, index: int) -> JobResult:
@@ -41,18 +44,32 @@ async def one_job(client: httpx.AsyncClient, index: int) -> JobResult:
     response = await client.post("/api/jobs", json={"topic": f"Bench topic {index}"})
     response.raise_for_status()
     job_id = response.json()["id"]
-    events, terminal = 0, "none"
+    events, terminal, marks = 0, "none", {}
     async with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
         stream.raise_for_status()
         async for event, _data in sse_events(stream):
             events += 1
+            marks[event] = time.perf_counter() - submitted_at
             if event in TERMINAL_EVENTS:
                 terminal = event
                 break
-    return JobResult(terminal, events, submitted_at, time.perf_counter())
+    return JobResult(terminal, events, submitted_at, time.perf_counter(), marks)
 
 
-async def run(server: Server, jobs: int) -> None:
+@dataclass
+class Usage:
+    """What the run cost, read around it."""
+
+    server_cpu_s: float
+    client_cpu_s: float
+    machine_busy_s: float
+    machine_total_s: float
+    load_before: str
+    rss_before_mib: float
+    rss_after_mib: float
+
+
+async def run(server: Server, jobs: int) -> tuple[list[JobResult | BaseException], Usage]:
     timeout = httpx.Timeout(30.0, connect=10.0)
     # One client per job, built before the clock starts: building one loads the CA bundle
     # (~10 ms of CPU), a cost of this bench, not of the service.
@@ -60,59 +77,65 @@ async def run(server: Server, jobs: int) -> None:
     try:
         await one_job(clients[-1], -1)  # warm-up: first-request paths off the clock
         rss_before = server.rss_mib()
-        cpu_before = server.cpu_seconds()
-        client_cpu_before = time.process_time()
-        machine_busy_before, machine_total_before = machine_cpu_seconds()
         load_before = load_average()
-        started = time.perf_counter()
+        server_cpu = server.cpu_seconds()
+        client_cpu = time.process_time()
+        machine_busy, machine_total = machine_cpu_seconds()
         results = await asyncio.wait_for(
             asyncio.gather(*(one_job(clients[i], i) for i in range(jobs)),
                            return_exceptions=True),
             RUN_TIMEOUT_S,
         )
-        cpu_used = server.cpu_seconds() - cpu_before
-        client_cpu_used = time.process_time() - client_cpu_before
-        machine_busy_after, machine_total_after = machine_cpu_seconds()
-        rss_after = server.rss_mib()
+        server_cpu = server.cpu_seconds() - server_cpu
+        client_cpu = time.process_time() - client_cpu
+        busy_after, total_after = machine_cpu_seconds()
+        usage = Usage(server_cpu, client_cpu, busy_after - machine_busy,
+                      total_after - machine_total, load_before, rss_before, server.rss_mib())
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
+    return results, usage
 
+
+#: event type whose last arrival marks each step: start, outline, sections, style (done)
+STEPS = {"running": "status", "outline": "outline", "last_section": "section", "done": "done"}
+
+
+def report(jobs: int, results: list[JobResult | BaseException], usage: Usage) -> None:
     finished = [r for r in results if isinstance(r, JobResult)]
     failures = [r for r in results if not isinstance(r, JobResult)]
     terminals = Counter(r.terminal for r in finished)
-    last_end = max((r.ended_at for r in finished), default=started)
-    first_submit = min((r.submitted_at for r in finished), default=started)
-    wall = last_end - first_submit
-    latencies = [r.ended_at - r.submitted_at for r in finished]
-    events = sum(r.events for r in finished)
-
     print(f"jobs: {jobs}")
     print(f"done: {terminals['done']}")
     print(f"terminals: {dict(terminals)}")
     print(f"client_failures: {len(failures)}")
     for failure in failures[:3]:
         print(f"client_failure: {failure!r}")
-    print(f"wall_s: {wall:.3f}")
-    if latencies:
+    if finished:
+        wall = max(r.ended_at for r in finished) - min(r.submitted_at for r in finished)
+        latencies = [r.ended_at - r.submitted_at for r in finished]
+        events = sum(r.events for r in finished)
+        print(f"wall_s: {wall:.3f}")
         print(f"latency_p50_s: {percentile(latencies, 0.50):.3f}")
         print(f"latency_p95_s: {percentile(latencies, 0.95):.3f}")
         print(f"latency_max_s: {max(latencies):.3f}")
-    print(f"events_total: {events}")
-    print(f"events_per_job: {events / max(len(finished), 1):.1f}")
-    print(f"events_per_s: {events / wall:.0f}" if wall > 0 else "events_per_s: n/a")
-    print(f"server_cpu_s: {cpu_used:.2f}")
-    print(f"server_cpu_ms_per_job: {cpu_used * 1000 / jobs:.1f}")
+        for step, event in STEPS.items():
+            if times := [r.marks[event] for r in finished if event in r.marks]:
+                print(f"p50_s_to_{step}: {percentile(times, 0.50):.3f}")
+        print(f"events_total: {events}")
+        print(f"events_per_job: {events / len(finished):.1f}")
+        print(f"events_per_s: {events / wall:.0f}")
+    print(f"server_cpu_s: {usage.server_cpu_s:.2f}")
+    print(f"server_cpu_ms_per_job: {usage.server_cpu_s * 1000 / jobs:.1f}")
     # The bench shares the machine's cores with the server, and so may anything else running:
     # wall time means little unless the other processes left the cores mostly idle.
-    machine_busy = machine_busy_after - machine_busy_before
-    machine_total = machine_total_after - machine_total_before
-    print(f"bench_client_cpu_s: {client_cpu_used:.2f}")
-    print(f"other_processes_cpu_s: {max(0.0, machine_busy - cpu_used - client_cpu_used):.2f}")
-    print(f"machine_busy_pct: {100 * machine_busy / machine_total:.0f}"
-          if machine_total > 0 else "machine_busy_pct: n/a")
-    print(f"load_average_before: {load_before}")
-    print(f"server_rss_mib_before: {rss_before:.1f}")
-    print(f"server_rss_mib_after: {rss_after:.1f}")
+    others = usage.machine_busy_s - usage.server_cpu_s - usage.client_cpu_s
+    print(f"bench_client_cpu_s: {usage.client_cpu_s:.2f}")
+    print(f"other_processes_cpu_s: {max(0.0, others):.2f}")
+    if usage.machine_total_s > 0:
+        print(f"machine_busy_pct: {100 * usage.machine_busy_s / usage.machine_total_s:.0f}")
+    print(f"load_average_before: {usage.load_before}")
+    print(f"server_rss_mib_before: {usage.rss_before_mib:.1f}")
+    print(f"server_rss_mib_after: {usage.rss_after_mib:.1f}")
 
 
 def main() -> None:
@@ -132,7 +155,10 @@ def main() -> None:
     print(f"delay_ms: {args.delay_ms}")
     print(f"deltas: {args.deltas}")
     with run_server(**env) as server:
-        asyncio.run(run(server, args.jobs))
+        results, usage = asyncio.run(run(server, args.jobs))
+    report(args.jobs, results, usage)
+    print(f"server_stop_after_sigterm_s: {server.stop_s:.2f}" if server.stop_s is not None
+          else f"server_stop_after_sigterm_s: over {STOP_TIMEOUT_S:.0f}, killed")
 
 
 if __name__ == "__main__":

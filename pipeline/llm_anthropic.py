@@ -52,6 +52,12 @@ class AnthropicProvider:
                 message = await stream.get_final_message()
         except anthropic.APIError as exc:
             raise map_api_error(exc, received=received) from exc
+        except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+            # The SDK's stream parser raises these for a body that is not the Messages API's
+            # event stream: an event that is not JSON, events out of order, no message at all.
+            raise LLMError(
+                f"The Anthropic API sent a reply that could not be read ({type(exc).__name__})."
+            ) from exc
         except httpx2.TransportError as exc:
             # A body cut midway escapes the SDK as httpx2's own error, not an APIError.
             raise LLMStreamBroken(

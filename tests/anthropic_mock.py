@@ -98,7 +98,7 @@ def cut_reply(text: str, *, pieces: int = 4, keep: int = 2) -> httpx2.Response:
     async def body() -> AsyncIterator[bytes]:
         for frame in head:
             yield frame
-        raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
+        raise httpx2.RemoteProtocolError("peer closed connection without a complete body")
 
     return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body())
 

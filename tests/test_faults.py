@@ -34,6 +34,7 @@ from .anthropic_mock import (
     cut_reply,
     expected_text,
     good_answer,
+    malformed_reply,
     reply,
     settings,
     status,
@@ -54,9 +55,10 @@ def anyio_backend() -> str:
 
 # -- the faults -------------------------------------------------------------------------------
 
+
 def on(task: str, fault: Answer, *, attempts: int | None = None,
        section: int | None = None) -> Answer:
-    """`fault` for calls of `task` (only the first `attempts` tries, only one section), else good."""
+    """`fault` for calls of `task` (optionally only early tries, or one section); else good."""
     def answer(call: Call) -> httpx2.Response | Awaitable[httpx2.Response]:
         hit = call.task == task and (attempts is None or call.attempt <= attempts)
         if section is not None:
@@ -105,7 +107,7 @@ FAULTS = [
           on("outline", lambda c: status(429, headers={"retry-after": "0.05"}, message=LEAKY)),
           "llm_rate_limited", {"outline": 3}),
     Fault("529-then-success", on("outline", lambda c: status(529, headers=FAST_RETRY), attempts=1),
-          "done", {"outline": 2, "section": 3, "style": 1}),
+          "done", {"outline": 2, "section": SECTIONS, "style": 1}),
     Fault("529-forever", on("outline", lambda c: status(529, headers=FAST_RETRY)),
           "llm_overloaded", {"outline": 3}),
     Fault("500-in-one-section",
@@ -116,6 +118,11 @@ FAULTS = [
     Fault("dropped-mid-stream-then-success", cut_first_tries, "done",
           {"outline": 1, "section": 2 * SECTIONS, "style": 2},
           resets=frozenset({("content", i) for i in range(SECTIONS)} | {("style", None)})),
+    Fault("dropped-mid-stream-every-time", on("style", lambda c: cut_reply("Half a rep", keep=1)),
+          "llm_error", {"outline": 1, "section": SECTIONS, "style": 3},
+          resets=frozenset({("style", None)})),
+    Fault("malformed-reply", on("outline", lambda c: malformed_reply()), "llm_error",
+          {"outline": 1}),
     Fault("outline-never-yaml", on("outline", lambda c: reply("sections: [never, closed\n")),
           "bad_outline", {"outline": 3}),
     Fault("job-deadline", on("section", no_answer), "timeout", {"outline": 1, "section": SECTIONS},
@@ -190,7 +197,8 @@ def parts_from_deltas(events: list[Event]) -> dict[tuple[str, int | None], str]:
 # -- the matrix -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", [pytest.param(f, id=f.id) for f in FAULTS])
+# Ids read as the matrix: `test_llm_fault[529-forever->llm_overloaded]`.
+@pytest.mark.parametrize("fault", [pytest.param(f, id=f"{f.id}->{f.outcome}") for f in FAULTS])
 async def test_llm_fault(fault: Fault, serve_app: Any) -> None:
     gate = asyncio.Event()  # bound to the server's loop when the first call waits on it
 
