@@ -112,7 +112,15 @@ def run_server(**env: str) -> Iterator[Server]:
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         _wait_healthy(server)
-        yield server
+        try:
+            yield server
+        except Exception as exc:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited with {proc.returncode} during the run "
+                    f"(log: {log_path}):\n{server.log_tail()}"
+                ) from exc
+            raise
     finally:
         if proc.poll() is None:
             stopping = time.perf_counter()

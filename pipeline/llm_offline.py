@@ -6,11 +6,11 @@ a YAML outline, a paragraph per section, a restyled article that says who wrote 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import AsyncIterator
 
-import anyio
 
 OFFLINE_LABEL = "*Written by ArticleStream's built-in offline writer: no LLM was called.*"
 
@@ -52,8 +52,11 @@ class OfflineProvider:
         # Word-sized chunks, but never more ticks than the clock can honour cheaply.
         ticks = max(1, min(len(words), int(self.delay_s / _MIN_TICK_S)))
         per_tick = -(-len(words) // ticks)
-        for start in range(0, len(words), per_tick):
-            await anyio.sleep(self.delay_s / ticks)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for tick, start in enumerate(range(0, len(words), per_tick), 1):
+            # Pace against the call's start, so a busy loop's late wake-ups do not add up.
+            await asyncio.sleep(max(0.0, started + self.delay_s * tick / ticks - loop.time()))
             yield "".join(words[start:start + per_tick])
 
     async def aclose(self) -> None:

@@ -144,9 +144,12 @@ def test_queue_full_and_too_many_streams(start_server: Callable[..., Any]) -> No
 
         events = f"/api/jobs/{running}/events"
         with client.stream("GET", events) as first, client.stream("GET", events) as second:
-            for stream in (first, second):
+            # Keep the iterators: dropping one closes its connection.
+            readers = [stream.iter_raw() for stream in (first, second)]
+            for stream, reader in zip((first, second), readers):
                 assert stream.status_code == 200
-                assert next(stream.iter_raw()).startswith(b"retry:")
+                assert next(reader).startswith(b"retry:")
+            assert metric(server.url, "articlestream_open_streams") == 2
             refused = client.get(events)
             assert_error(refused, 429, "too_many_streams")
             assert_retry_after(refused)
