@@ -25,7 +25,7 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
-_EVENT_ID = re.compile(r"\d{1,18}")
+_EVENT_ID = re.compile(r"[0-9]{1,18}")  # \d would take any Unicode digit
 
 
 def _service(request: Request) -> Service:
@@ -101,8 +101,8 @@ async def list_jobs(request: Request) -> Response:
         except ValueError:
             raise ApiError(400, "invalid_status", "status must be one of: "
                            + ", ".join(s.value for s in JobStatus) + ".") from None
-    raw_limit = params.get("limit", str(DEFAULT_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    raw_limit = params.get("limit") or str(DEFAULT_PAGE)
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_PAGE}.")
     limit = int(raw_limit)
     cursor = params.get("cursor") or None
@@ -135,14 +135,14 @@ async def job_events(request: Request) -> Response | EventStream:
     service = _service(request)
     owner = owner_of(request, service.settings, allow_query=True)
     job = await _owned_job(request, owner)
-    raw = request.headers.get("last-event-id")
-    if raw is None:
-        raw = request.query_params.get("last_event_id")
     after = 0
-    if raw is not None and raw.strip():
-        if not _EVENT_ID.fullmatch(raw.strip()):
-            raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id (digits).")
-        after = int(raw)
+    # Both are checked; the header, which a reconnecting EventSource sends, wins.
+    for raw in (request.query_params.get("last_event_id"), request.headers.get("last-event-id")):
+        if raw is not None and raw.strip():
+            if not _EVENT_ID.fullmatch(raw.strip()):
+                raise ApiError(400, "invalid_last_event_id",
+                               "Last-Event-ID must be an event id (digits).")
+            after = int(raw)
     if job.terminal and await service.store.read(job.id, after, timeout_s=0) is None:
         return Response(status_code=204)  # the client already has the terminal event
     if service.metrics.streams_open >= service.settings.max_streams:
@@ -177,3 +177,12 @@ async def openapi(request: Request) -> Response:
 def _prefer_wait(header: str) -> int:
     match = _PREFER_WAIT.search(header)
     return min(int(match.group(1)), MAX_WAIT_S) if match else 0
+
+
+async def jobs(request: Request) -> Response:
+    """One route per path, so a 405's Allow header names every method the path has."""
+    return await (submit_job if request.method == "POST" else list_jobs)(request)
+
+
+async def job(request: Request) -> Response:
+    return await (cancel_job if request.method == "DELETE" else get_job)(request)
