@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 
 import anyio
 from starlette.types import Receive, Scope, Send
 
 from pipeline import sse
+from pipeline.job import Event
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.store import JobStore
@@ -26,6 +28,7 @@ HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _KEEP_ALIVE = sse.comment("keep-alive")
+WRITE_BYTES = 64 * 1024
 
 
 class EventStream:
@@ -93,10 +96,10 @@ class EventStream:
                 if not await self._send(send, _KEEP_ALIVE):
                     return False
                 continue
-            # One write for everything that is ready: the frames were encoded once, in the log.
-            if not await self._send(send, b"".join(event.frame for event in events)):
-                return False
-            self.metrics.events_sent.inc(len(events))
+            for batch in _batches(events):
+                if not await self._send(send, b"".join(event.frame for event in batch)):
+                    return False
+                self.metrics.events_sent.inc(len(batch))
             after = events[-1].id
             if events[-1].terminal:
                 return True
@@ -116,3 +119,18 @@ class EventStream:
             self.dropped = True
             return False
         return True
+
+
+def _batches(events: list[Event]) -> Iterator[list[Event]]:
+    """Ready events in writes of about WRITE_BYTES: few syscalls, yet a long replay to a slow
+    client is held to SEND_TIMEOUT_SECONDS per write rather than buffered whole."""
+    batch: list[Event] = []
+    size = 0
+    for event in events:
+        batch.append(event)
+        size += len(event.frame)
+        if size >= WRITE_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
