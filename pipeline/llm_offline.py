@@ -51,13 +51,14 @@ class OfflineProvider:
         words = re.findall(r"\S+\s*", self.reply(prompt))
         # Word-sized chunks, but never more ticks than the clock can honour cheaply.
         ticks = max(1, min(len(words), int(self.delay_s / _MIN_TICK_S)))
-        per_tick = -(-len(words) // ticks)
+        per_chunk = max(1, -(-len(words) // ticks))
+        chunks = ["".join(words[i:i + per_chunk]) for i in range(0, len(words), per_chunk)]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        for tick, start in enumerate(range(0, len(words), per_tick), 1):
+        for n, chunk in enumerate(chunks, 1):
             # Pace against the call's start, so a busy loop's late wake-ups do not add up.
-            await asyncio.sleep(max(0.0, started + self.delay_s * tick / ticks - loop.time()))
-            yield "".join(words[start:start + per_tick])
+            await asyncio.sleep(max(0.0, started + self.delay_s * n / len(chunks) - loop.time()))
+            yield chunk
 
     async def aclose(self) -> None:
         pass
