@@ -70,9 +70,11 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
                 try:
                     yield {"service": service}
                 finally:
-                    # Without a signal (an embedding server, a test) the drain happens here.
                     with anyio.CancelScope(shield=True):
-                        if not service.closing.is_set():
+                        if service.runner.draining:
+                            await service.closing.wait()  # the signal's drain is under way
+                        else:
+                            # Without a signal (an embedding server, a test) it happens here.
                             await drain(service)
                     tg.cancel_scope.cancel()
         finally:
@@ -113,8 +115,10 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
 
 async def drain(service: Service) -> None:
     """Finish or end every job, then let open streams close."""
-    await service.runner.drain()
-    service.closing.set()
+    try:
+        await service.runner.drain()
+    finally:
+        service.closing.set()
 
 
 class Server(uvicorn.Server):

@@ -28,7 +28,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 JOB_STAGES = ("queued", "outline", "content", "style", "done")
 JOB_ERROR_CODES = (
     "bad_outline", "llm_auth", "llm_rate_limited", "llm_overloaded", "llm_timeout",
-    "llm_error", "timeout", "shutdown", "worker_lost", "cancelled",
+    "llm_error", "timeout", "shutdown", "worker_lost", "internal_error", "cancelled",
 )
 # Event name -> the component schema of its `data` JSON.
 EVENT_PAYLOADS = {

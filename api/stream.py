@@ -82,8 +82,10 @@ class EventStream:
         if not finished:
             # Shutting down: tell the client to come back (elsewhere) soon, then close cleanly.
             await self._send(send, sse.retry(self.settings.retry_hint_ms))
-        with anyio.move_on_after(self.settings.send_timeout_s):
+        with anyio.move_on_after(self.settings.send_timeout_s) as scope:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if scope.cancelled_caught:
+            self.metrics.streams_dropped.inc()
 
     async def _pump(self, send: Send) -> bool:
         """Send events until the log ends (True) or the client is dropped (False)."""

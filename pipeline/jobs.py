@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -55,8 +56,10 @@ class JobRunner:
         self.draining = False
         self._send: MemoryObjectSendStream[str]
         self._receive: MemoryObjectReceiveStream[str]
-        self._send, self._receive = anyio.create_memory_object_stream[str](
-            settings.max_queued_jobs)
+        # The buffer is unbounded; `_waiting` holds the queue to MAX_QUEUED_JOBS, so a job
+        # cancelled while it waits gives its place back at once.
+        self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
+        self._waiting: set[str] = set()
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._shutdown_ids: set[str] = set()
         self._idle = asyncio.Event()
@@ -78,11 +81,11 @@ class JobRunner:
         """Queue a new job; raises ShuttingDown or QueueFull."""
         if self.draining:
             raise ShuttingDown
+        if len(self._waiting) >= self.settings.max_queued_jobs:
+            raise QueueFull
         job = Job(topic=topic, owner=owner)
-        try:
-            self._send.send_nowait(job.id)
-        except anyio.WouldBlock:
-            raise QueueFull from None
+        self._waiting.add(job.id)
+        self._send.send_nowait(job.id)
         await self.store.add(job, idempotency)
         await self._publish(job, "status", {"status": "queued", "stage": "queued", "progress": 0})
         self.metrics.jobs_submitted.inc()
@@ -102,7 +105,9 @@ class JobRunner:
         job.cancel_requested = True
         await self.store.save(job)
         if job.status is JobStatus.queued:
+            self._waiting.discard(job_id)
             await self._finish(job, JobStatus.cancelled, _cancelled_error())
+            self._update_gauges()
             return job
         scope = self._scopes.get(job_id)
         if scope is not None:
@@ -124,7 +129,7 @@ class JobRunner:
 
     @property
     def queued(self) -> int:
-        return self._send.statistics().current_buffer_used
+        return len(self._waiting)
 
     @property
     def running(self) -> int:
@@ -141,9 +146,11 @@ class JobRunner:
                 job_id = self._receive.receive_nowait()
             except anyio.WouldBlock:
                 break
+            self._waiting.discard(job_id)
             job = await self.store.get(job_id)
             if job is not None and job.status is JobStatus.queued:
                 await self._finish(job, JobStatus.failed, _shutdown_error())
+        self._update_gauges()
         with anyio.move_on_after(self.settings.drain_s):
             await self._idle.wait()
         for job_id, scope in list(self._scopes.items()):
@@ -157,9 +164,10 @@ class JobRunner:
 
     async def _worker(self) -> None:
         async for job_id in self._receive:
+            self._waiting.discard(job_id)
             job = await self.store.get(job_id)
             if job is None or job.status is not JobStatus.queued:
-                continue  # cancelled or expired while it waited
+                continue  # cancelled while it waited
             self._update_gauges()
             await self._run(job)
 
@@ -232,12 +240,14 @@ class JobRunner:
                 continue
             kind = message["type"]
             if kind == "stop":
+                self.metrics.stage_seconds.labels(job.stage.value).observe(
+                    time.monotonic() - stage_started)
                 for delta in coalescer.flush_all(time.monotonic()):
                     await self._publish(job, "delta", delta)
                 return
             if kind == "stage":
                 stage = Stage(message["stage"])
-                if job.stage is not Stage.queued:
+                if stage is not job.stage:
                     self.metrics.stage_seconds.labels(job.stage.value).observe(
                         time.monotonic() - stage_started)
                 stage_started = time.monotonic()

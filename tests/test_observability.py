@@ -51,14 +51,37 @@ def run_two_jobs(client: httpx.Client) -> tuple[str, str]:
     return done.json()["id"], cancelled
 
 
-def test_metrics_cover_jobs_stages_llm_queue_and_streams(start_server: Callable[..., Any]) -> None:
+def test_metrics_count_jobs_stages_llm_calls_and_events(start_server: Callable[..., Any]) -> None:
     server = start_server(OFFLINE_LLM_DELAY_MS="200", MAX_RUNNING_JOBS="1")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         succeeded, _ = run_two_jobs(client)
+        frames = client.get(f"/api/jobs/{succeeded}/events").text.count("\nevent: ")
+    found = samples(server.url)
 
+    assert value(found, "articlestream_jobs_submitted_total") == 2
+    finished = "articlestream_jobs_finished_total"
+    assert value(found, finished, status="succeeded", code="") == 1
+    assert value(found, finished, status="cancelled", code="cancelled") == 1
+    jobs = "articlestream_job_duration_seconds"
+    for status in ("succeeded", "cancelled"):
+        assert value(found, f"{jobs}_count", status=status) == 1
+        assert value(found, f"{jobs}_bucket", status=status, le="+Inf") == 1
+    assert value(found, f"{jobs}_sum", status="succeeded") > 0
+    # The succeeded job went through every stage, so every stage was timed.
+    for stage in ("outline", "content", "style"):
+        assert value(found, "articlestream_stage_duration_seconds_count", stage=stage) >= 1, stage
+    # Outline, three sections and the style pass of the succeeded job, at least.
+    assert value(found, "articlestream_llm_call_duration_seconds_count", provider="offline") >= 5
+    assert value(found, "articlestream_llm_call_duration_seconds_sum", provider="offline") > 0
+    assert value(found, "articlestream_events_sent_total") >= frames > 5
+
+
+def test_metrics_gauges_follow_queue_runners_and_streams(start_server: Callable[..., Any]) -> None:
+    server = start_server(OFFLINE_LLM_DELAY_MS="10000", MAX_RUNNING_JOBS="1")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
         running = client.post("/api/jobs", json={"topic": "Busy"}).json()["id"]
         waiting = client.post("/api/jobs", json={"topic": "Waiting"}).json()["id"]
-        wait_for(lambda: status_of(client, running) == "running", 5, "the third job to run")
+        wait_for(lambda: status_of(client, running) == "running", 5, "the first job to run")
         with client.stream("GET", f"/api/jobs/{running}/events") as stream:
             reader = stream.iter_raw()  # kept, so the stream stays open while we look
             assert next(reader).startswith(b"retry:")
@@ -66,35 +89,14 @@ def test_metrics_cover_jobs_stages_llm_queue_and_streams(start_server: Callable[
         assert value(live, "articlestream_running_jobs") == 1
         assert value(live, "articlestream_queued_jobs") == 1
         assert value(live, "articlestream_open_streams") == 1
+
+        # The waiting job is cancelled while it queues, then the running one.
         for job_id in (waiting, running):
-            client.delete(f"/api/jobs/{job_id}")
-
-        replay = client.get(f"/api/jobs/{succeeded}/events").text
-    frames = replay.count("\nevent: ")
-    # Nothing waits any more (one job was cancelled while it queued), so the gauge says so.
-    wait_for(lambda: value(samples(server.url), "articlestream_queued_jobs") == 0, 5,
-             "the queue depth to drop to 0")
-    found = samples(server.url)
-
-    finished = "articlestream_jobs_finished_total"
-    assert value(found, finished, status="succeeded", code="") == 1
-    assert value(found, finished, status="cancelled", code="cancelled") == 3
-    assert value(found, "articlestream_jobs_submitted_total") == 4
-    jobs = "articlestream_job_duration_seconds_count"
-    assert value(found, jobs, status="succeeded") == 1
-    assert value(found, jobs, status="cancelled") >= 1
-    assert value(found, "articlestream_job_duration_seconds_bucket", status="succeeded",
-                 le="+Inf") == 1
-    # The succeeded job went through every stage, so every stage was timed.
-    for stage in ("outline", "content", "style"):
-        assert value(found, "articlestream_stage_duration_seconds_count", stage=stage) >= 1, stage
-    # Outline, three sections and the style pass of the succeeded job, at least.
-    llm = value(found, "articlestream_llm_call_duration_seconds_count", provider="offline")
-    assert llm >= 5
-    assert value(found, "articlestream_llm_call_duration_seconds_sum", provider="offline") > 0
-    assert value(found, "articlestream_running_jobs") == 0
-    assert value(found, "articlestream_open_streams") == 0
-    assert value(found, "articlestream_events_sent_total") >= frames > 5
+            assert client.delete(f"/api/jobs/{job_id}").status_code == 202
+            assert status_of(client, job_id) == "cancelled"
+    for gauge in ("articlestream_running_jobs", "articlestream_queued_jobs",
+                  "articlestream_open_streams"):
+        wait_for(lambda: value(samples(server.url), gauge) == 0, 5, f"{gauge} to drop to 0")
 
 
 def test_logs_are_json_lines_with_job_ids(start_server: Callable[..., Any]) -> None:
