@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pipeline.jobs import NotCancellable, QueueFull, ShuttingDown
 from pipeline.job import Job, JobStatus
+from pipeline.jobs import NotCancellable, QueueFull, ShuttingDown
 
 from .access import client_address, owner_of
 from .body import read_submit, valid_topic
@@ -29,7 +30,8 @@ _EVENT_ID = re.compile(r"[0-9]{1,18}")  # \d would take any Unicode digit
 
 
 def _service(request: Request) -> Service:
-    return request.state.service  # type: ignore[no-any-return]
+    service: Service = request.state.service
+    return service
 
 
 def _job_response(job: Job, status: int) -> JSONResponse:
@@ -110,7 +112,7 @@ async def list_jobs(request: Request) -> Response:
         job = await service.store.get(cursor)
         if job is None or job.owner != owner:
             raise ApiError(400, "invalid_cursor", "The cursor is unknown or has expired.")
-    jobs = await service.store.list(owner, status=status, limit=limit + 1, before=cursor)
+    jobs = await service.store.list_jobs(owner, status=status, limit=limit + 1, before=cursor)
     page = jobs[:limit]
     next_cursor = page[-1].id if len(jobs) > limit else None
     return JSONResponse({"jobs": [job.public() for job in page], "next_cursor": next_cursor})

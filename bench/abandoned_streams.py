@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-
 from _server import STOP_TIMEOUT_S, Server, run_server
 
 OPEN_CONCURRENCY = 100

@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import httpx
-
 from _server import (
     STOP_TIMEOUT_S,
     TERMINAL_EVENTS,

@@ -266,11 +266,11 @@ class JobRunner:
                 part = (message["stage"], message["index"])
                 if kind == "reset":
                     coalescer.reset(part)
-                elif delta := coalescer.add(part, message["text"], time.monotonic()):
-                    await self._publish(job, "delta", delta)
+                elif ready := coalescer.add(part, message["text"], time.monotonic()):
+                    await self._publish(job, "delta", ready)
             elif kind == "section":
-                if delta := coalescer.flush(("content", message["index"]), time.monotonic()):
-                    await self._publish(job, "delta", delta)
+                if held := coalescer.flush(("content", message["index"]), time.monotonic()):
+                    await self._publish(job, "delta", held)
                 total = len(job.sections or ())
                 completed += 1
                 span = _STAGE_PROGRESS[Stage.style] - _STAGE_PROGRESS[Stage.content]

@@ -1,6 +1,6 @@
 """The LLM seen by the workflow: a provider that streams text, and calls with a deadline.
 
-A provider is anything with `stream(prompt, max_tokens=...)`, an async iterator of
+A provider is anything with `stream(prompt, max_tokens=...)`, an async generator of
 text chunks, and `aclose()`. Providers raise `LLMError` (mapped from their own
 exceptions) and `LLMStreamBroken` when a reply breaks off midway.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 class Provider(Protocol):
     name: str
 
-    def stream(self, prompt: str, *, max_tokens: int) -> AsyncIterator[str]: ...
+    def stream(self, prompt: str, *, max_tokens: int) -> AsyncGenerator[str, None]: ...
 
     async def aclose(self) -> None: ...
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import anthropic
@@ -38,7 +38,7 @@ class AnthropicProvider:
         )
         return cls(client, model=settings.anthropic_model, metrics=metrics)
 
-    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncIterator[str]:
+    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncGenerator[str, None]:
         received = False
         try:
             async with self.client.messages.stream(

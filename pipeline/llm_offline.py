@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
-
+from collections.abc import AsyncGenerator
 
 OFFLINE_LABEL = "*Written by ArticleStream's built-in offline writer: no LLM was called.*"
 
@@ -47,7 +46,7 @@ class OfflineProvider:
     def __init__(self, *, delay_ms: int) -> None:
         self.delay_s = delay_ms / 1000
 
-    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncIterator[str]:
+    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncGenerator[str, None]:
         words = re.findall(r"\S+\s*", self.reply(prompt))
         # Word-sized chunks, but never more ticks than the clock can honour cheaply.
         ticks = max(1, min(len(words), int(self.delay_s / _MIN_TICK_S)))
@@ -64,7 +63,7 @@ class OfflineProvider:
         pass
 
     def reply(self, prompt: str) -> str:
-        fields = dict(re.findall(r"^(Task|Topic|Section): (.*)$", prompt, flags=re.MULTILINE))
+        fields: dict[str, str] = dict(re.findall(r"^(Task|Topic|Section): (.*)$", prompt, flags=re.MULTILINE))
         task, topic = fields.get("Task", ""), fields.get("Topic", "this topic")
         if task == "outline":
             count = int(re.search(r"exactly (\d+) sections", prompt).group(1))  # type: ignore[union-attr]

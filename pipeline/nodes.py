@@ -39,7 +39,7 @@ def _first_error(group: BaseExceptionGroup[Exception]) -> Exception:
     return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-class GenerateOutline(AsyncNode):  # type: ignore[misc]
+class GenerateOutline(AsyncNode):
     """Asks for a YAML outline and validates it; PocketFlow retries malformed replies."""
 
     def __init__(self, llm: LLM, settings: Settings) -> None:
@@ -78,7 +78,7 @@ class GenerateOutline(AsyncNode):  # type: ignore[misc]
         await _emit(shared["sse_queue"])("outline", sections=result)
 
 
-class WriteContent(AsyncNode):  # type: ignore[misc]
+class WriteContent(AsyncNode):
     """Writes every section concurrently (bounded per job); each is reported once written."""
 
     def __init__(self, llm: LLM, settings: Settings) -> None:
@@ -125,7 +125,7 @@ class WriteContent(AsyncNode):  # type: ignore[misc]
         shared["draft"] = draft_text(shared["topic"], shared["sections"], contents)
 
 
-class ApplyStyle(AsyncNode):  # type: ignore[misc]
+class ApplyStyle(AsyncNode):
     """Rewrites the whole draft in a conversational, engaging voice."""
 
     def __init__(self, llm: LLM, settings: Settings) -> None:

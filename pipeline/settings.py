@@ -90,37 +90,37 @@ class Settings:
         """Read the settings from `env` (usually `os.environ`); unset means the default."""
         reader = _Reader(env)
         return cls(
-            host=reader.str("HOST", cls.host),
-            port=reader.int("PORT", cls.port),
-            log_level=reader.str("LOG_LEVEL", cls.log_level).upper(),
-            llm_provider=reader.str("LLM_PROVIDER", cls.llm_provider).lower(),  # type: ignore[arg-type]
+            host=reader.text("HOST", cls.host),
+            port=reader.integer("PORT", cls.port),
+            log_level=reader.text("LOG_LEVEL", cls.log_level).upper(),
+            llm_provider=reader.text("LLM_PROVIDER", cls.llm_provider).lower(),  # type: ignore[arg-type]
             anthropic_api_key=reader.optional("ANTHROPIC_API_KEY"),
-            anthropic_model=reader.str("ANTHROPIC_MODEL", cls.anthropic_model),
+            anthropic_model=reader.text("ANTHROPIC_MODEL", cls.anthropic_model),
             anthropic_base_url=reader.optional("ANTHROPIC_BASE_URL"),
-            llm_timeout_s=reader.float("LLM_TIMEOUT_SECONDS", cls.llm_timeout_s),
-            llm_max_retries=reader.int("LLM_MAX_RETRIES", cls.llm_max_retries),
-            llm_stream_attempts=reader.int("LLM_STREAM_ATTEMPTS", cls.llm_stream_attempts),
-            offline_llm_delay_ms=reader.int("OFFLINE_LLM_DELAY_MS", cls.offline_llm_delay_ms),
-            outline_sections=reader.int("OUTLINE_SECTIONS", cls.outline_sections),
-            outline_attempts=reader.int("OUTLINE_ATTEMPTS", cls.outline_attempts),
-            section_concurrency=reader.int("SECTION_CONCURRENCY", cls.section_concurrency),
-            max_running_jobs=reader.int("MAX_RUNNING_JOBS", cls.max_running_jobs),
-            max_queued_jobs=reader.int("MAX_QUEUED_JOBS", cls.max_queued_jobs),
-            job_ttl_s=reader.float("JOB_TTL_SECONDS", cls.job_ttl_s),
-            job_timeout_s=reader.float("JOB_TIMEOUT_SECONDS", cls.job_timeout_s),
-            drain_s=reader.float("DRAIN_SECONDS", cls.drain_s),
-            heartbeat_s=reader.float("HEARTBEAT_SECONDS", cls.heartbeat_s),
-            send_timeout_s=reader.float("SEND_TIMEOUT_SECONDS", cls.send_timeout_s),
-            max_streams=reader.int("MAX_STREAMS", cls.max_streams),
-            stream_deltas=reader.bool("STREAM_DELTAS", cls.stream_deltas),
-            delta_interval_ms=reader.int("DELTA_INTERVAL_MS", cls.delta_interval_ms),
-            max_body_bytes=reader.int("MAX_BODY_BYTES", cls.max_body_bytes),
-            max_topic_chars=reader.int("MAX_TOPIC_CHARS", cls.max_topic_chars),
-            rate_limit_per_minute=reader.int("RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
-            rate_limit_burst=reader.int("RATE_LIMIT_BURST", cls.rate_limit_burst),
+            llm_timeout_s=reader.number("LLM_TIMEOUT_SECONDS", cls.llm_timeout_s),
+            llm_max_retries=reader.integer("LLM_MAX_RETRIES", cls.llm_max_retries),
+            llm_stream_attempts=reader.integer("LLM_STREAM_ATTEMPTS", cls.llm_stream_attempts),
+            offline_llm_delay_ms=reader.integer("OFFLINE_LLM_DELAY_MS", cls.offline_llm_delay_ms),
+            outline_sections=reader.integer("OUTLINE_SECTIONS", cls.outline_sections),
+            outline_attempts=reader.integer("OUTLINE_ATTEMPTS", cls.outline_attempts),
+            section_concurrency=reader.integer("SECTION_CONCURRENCY", cls.section_concurrency),
+            max_running_jobs=reader.integer("MAX_RUNNING_JOBS", cls.max_running_jobs),
+            max_queued_jobs=reader.integer("MAX_QUEUED_JOBS", cls.max_queued_jobs),
+            job_ttl_s=reader.number("JOB_TTL_SECONDS", cls.job_ttl_s),
+            job_timeout_s=reader.number("JOB_TIMEOUT_SECONDS", cls.job_timeout_s),
+            drain_s=reader.number("DRAIN_SECONDS", cls.drain_s),
+            heartbeat_s=reader.number("HEARTBEAT_SECONDS", cls.heartbeat_s),
+            send_timeout_s=reader.number("SEND_TIMEOUT_SECONDS", cls.send_timeout_s),
+            max_streams=reader.integer("MAX_STREAMS", cls.max_streams),
+            stream_deltas=reader.flag("STREAM_DELTAS", cls.stream_deltas),
+            delta_interval_ms=reader.integer("DELTA_INTERVAL_MS", cls.delta_interval_ms),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes),
+            max_topic_chars=reader.integer("MAX_TOPIC_CHARS", cls.max_topic_chars),
+            rate_limit_per_minute=reader.integer("RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
+            rate_limit_burst=reader.integer("RATE_LIMIT_BURST", cls.rate_limit_burst),
             trusted_proxies=reader.networks("TRUSTED_PROXIES"),
-            api_tokens=reader.list("API_TOKENS"),
-            cors_origins=reader.list("CORS_ORIGINS"),
+            api_tokens=reader.items("API_TOKENS"),
+            cors_origins=reader.items("CORS_ORIGINS"),
         )
 
 
@@ -132,10 +132,10 @@ class _Reader:
         value = self.env.get(name, "").strip()
         return value or None
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         return self.optional(name) or default
 
-    def int(self, name: str, default: int) -> int:
+    def integer(self, name: str, default: int) -> int:
         value = self.optional(name)
         if value is None:
             return default
@@ -147,7 +147,7 @@ class _Reader:
             raise SettingsError(f"{name} is {value!r}; it cannot be negative.")
         return number
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         value = self.optional(name)
         if value is None:
             return default
@@ -159,7 +159,7 @@ class _Reader:
             raise SettingsError(f"{name} is {value!r}; it must be zero or more.")
         return number
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         value = self.optional(name)
         if value is None:
             return default
@@ -169,11 +169,11 @@ class _Reader:
             return False
         raise SettingsError(f"{name} is {value!r}; use 1 or 0.")
 
-    def list(self, name: str) -> tuple[str, ...]:
+    def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
 
     def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         try:
-            return tuple(ipaddress.ip_network(item, strict=False) for item in self.list(name))
+            return tuple(ipaddress.ip_network(item, strict=False) for item in self.items(name))
         except ValueError as exc:
             raise SettingsError(f"{name} holds an address that is not an IP or CIDR: {exc}") from None

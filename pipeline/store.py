@@ -26,7 +26,7 @@ class JobStore(Protocol):
     async def find_idempotent(self, owner: str | None, key: str) -> tuple[Job, str] | None:
         """The job made earlier with this key, and the fingerprint of its body."""
 
-    async def list(self, owner: str | None, *, status: JobStatus | None, limit: int,
+    async def list_jobs(self, owner: str | None, *, status: JobStatus | None, limit: int,
                    before: str | None) -> list[Job]:
         """Jobs newest first, after the job `before` in that order."""
 
@@ -84,7 +84,7 @@ class MemoryJobStore:
             return None
         return entry.job, entry.idempotency[1]
 
-    async def list(self, owner: str | None, *, status: JobStatus | None, limit: int,
+    async def list_jobs(self, owner: str | None, *, status: JobStatus | None, limit: int,
                    before: str | None) -> list[Job]:
         entries = sorted(self._entries.values(), key=lambda e: e.seq, reverse=True)
         if before is not None:

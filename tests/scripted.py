@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -37,7 +37,7 @@ class ScriptedProvider:
     prompts: list[str] = field(default_factory=list)
     name: str = "scripted"
 
-    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncIterator[str]:
+    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncGenerator[str, None]:
         task = re.match(r"Task: (\w+)", prompt).group(1)  # type: ignore[union-attr]
         self.prompts.append(prompt)
         turn = self.calls[task]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from app import create_app
 from pipeline.settings import Settings
 
 from .scripted import ScriptedProvider
+from .waiting import wait_for
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
@@ -37,13 +37,6 @@ def metric(url: str, name: str) -> float:
     return sum(sample.value for family in families for sample in family.samples
                if sample.name == name)
 
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `condition` until it holds; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.05)  # between polls of the condition
 
 
 def job_status(client: httpx.Client, job_id: str) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from .waiting import wait_for
+
 
 def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of /metrics, keyed by name and labels."""
@@ -28,12 +30,6 @@ def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
     assert key in found, f"{name}{labels} is not in /metrics"
     return found[key]
 
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.05)  # between polls of the condition
 
 
 def status_of(client: httpx.Client, job_id: str) -> str:
