@@ -121,7 +121,9 @@ class MemoryJobStore:
             if remaining <= 0:
                 return []
             try:
-                await asyncio.wait_for(entry.changed.wait(), remaining)
+                # asyncio.timeout, not wait_for: no extra task for each waiting reader.
+                async with asyncio.timeout(remaining):
+                    await entry.changed.wait()
             except TimeoutError:
                 return []
 
