@@ -15,7 +15,6 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
@@ -23,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 from api import routes
 from api.errors import EXCEPTION_HANDLERS
-from api.middleware import AccessLog, SecurityHeaders
+from api.middleware import AccessLog, JsonCORSMiddleware, SecurityHeaders
 from api.ratelimit import RateLimiter
 from api.service import Service
 from pipeline.jobs import JobRunner
@@ -86,7 +85,7 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
     middleware = [Middleware(AccessLog), Middleware(SecurityHeaders)]
     if settings.cors_origins:
         middleware.append(Middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",

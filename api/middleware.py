@@ -5,7 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_response
 
 logger = logging.getLogger("articlestream.access")
 
@@ -64,3 +69,16 @@ class AccessLog:
         finally:
             logger.info("%s %s %d %.1fms", scope["method"], scope["path"], status,
                         (time.perf_counter() - started) * 1000)
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, with a refused preflight answered as our JSON error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        reason = bytes(response.body).decode()  # e.g. "Disallowed CORS origin, method"
+        headers = {k: v for k, v in response.headers.items()
+                   if k not in ("content-length", "content-type")}
+        return error_response(400, "cors_refused", f"{reason}.", headers)

@@ -46,6 +46,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "invalid_cursor": (400, "`cursor` is not one this service handed out"),
     "invalid_limit": (400, "`limit` is not a whole number from 1 to 100"),
     "invalid_status": (400, "`status` is not a job status"),
+    "cors_refused": (400, "a CORS preflight from an origin, method or header not allowed"),
     "unauthorized": (401, "`API_TOKENS` is set and the bearer token (or `?token=`) is missing "
                           "or wrong"),
     "not_found": (404, "no such job, or it expired"),

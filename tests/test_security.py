@@ -120,6 +120,9 @@ def test_cors_is_same_origin_unless_configured(start_server: Callable[..., Any])
         assert "POST" in allowed.headers["access-control-allow-methods"]
         refused = client.options("/api/jobs", headers={**preflight, "Origin": OTHER_ORIGIN})
         assert refused.headers.get("access-control-allow-origin") in (None, "null")
+        assert refused.status_code == 400
+        assert refused.json()["error"] == {"code": "cors_refused",
+                                           "message": "Disallowed CORS origin."}
         assert client.get("/api/jobs", headers={"Origin": ALLOWED_ORIGIN}).headers[
             "access-control-allow-origin"] == ALLOWED_ORIGIN
         assert "access-control-allow-origin" not in client.get(
