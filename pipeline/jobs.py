@@ -84,10 +84,11 @@ class JobRunner:
         if len(self._waiting) >= self.settings.max_queued_jobs:
             raise QueueFull
         job = Job(topic=topic, owner=owner)
-        self._waiting.add(job.id)
-        self._send.send_nowait(job.id)
+        # Stored and announced before a runner can see it, so no runner meets an unknown id.
         await self.store.add(job, idempotency)
         await self._publish(job, "status", {"status": "queued", "stage": "queued", "progress": 0})
+        self._waiting.add(job.id)
+        self._send.send_nowait(job.id)
         self.metrics.jobs_submitted.inc()
         self._update_gauges()
         logger.info("job queued", extra={"job_id": job.id})
@@ -169,7 +170,14 @@ class JobRunner:
             if job is None or job.status is not JobStatus.queued:
                 continue  # cancelled while it waited
             self._update_gauges()
-            await self._run(job)
+            try:
+                await self._run(job)
+            except Exception:
+                # A bug in the runner itself: the job still ends, and this runner lives on.
+                logger.exception("job runner failed", extra={"job_id": job.id})
+                await self._finish(job, JobStatus.failed, {
+                    "code": "internal_error",
+                    "message": "The job failed with an unexpected internal error."})
 
     async def _run(self, job: Job) -> None:
         scope = anyio.CancelScope()

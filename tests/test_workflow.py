@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from app import create_app
 from pipeline.errors import BadOutline, JobError, LLMError
 from pipeline.flow import build_flow, new_shared
 from pipeline.llm import LLM
@@ -14,6 +15,7 @@ from pipeline.outline import parse_outline
 from pipeline.settings import Settings
 
 from .scripted import GOOD_OUTLINE, ScriptedProvider
+from .sse_client import read_stream, submit
 
 pytestmark = pytest.mark.anyio
 
@@ -109,3 +111,13 @@ def test_outline_validation_names_the_problem(text: str, reason: str) -> None:
 
 def test_outline_titles_are_trimmed() -> None:
     assert parse_outline("sections:\n  - '  Spaced   out  '\n  - Two\n") == ["Spaced out", "Two"]
+
+
+def test_an_unexpected_exception_ends_the_job_without_leaking_its_text(serve_app) -> None:
+    provider = ScriptedProvider({"outline": [RuntimeError("secret internals at 0xdeadbeef")]})
+    served = serve_app(create_app(Settings(llm_provider="offline", rate_limit_per_minute=0,
+                                           drain_s=1), provider=provider))
+    events = read_stream(served.url, submit(served.url)["id"])
+    assert events[-1].event == "error"
+    assert events[-1].data == {"code": "internal_error",
+                               "message": "The job failed with an unexpected internal error."}
