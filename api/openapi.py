@@ -14,11 +14,13 @@ from copy import deepcopy
 from functools import cache
 from typing import Any
 
+from pipeline.settings import Settings
+
 __all__ = ["openapi_document"]
 
 Json = dict[str, Any]
 
-MAX_TOPIC_CHARS = 200
+DEFAULT_MAX_TOPIC_CHARS = Settings.max_topic_chars
 MAX_PREFER_WAIT_S = 60
 JOB_ID_PATTERN = "^j_[A-Za-z0-9_-]{22}$"
 # Empty counts as no id at all, as when EventSource has none yet.
@@ -69,12 +71,15 @@ ERRORS: dict[str, tuple[int, str]] = {
 # pattern cannot name them, so only the description says so.
 _TRIMMED = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _CONTROL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
-# Trimmed, 1..200 characters are left, none of them `_CONTROL`; so the first and the last
-# are neither trimmed nor control characters.
-TOPIC_PATTERN = (
-    rf"^[{_TRIMMED}]*[^{_TRIMMED}{_CONTROL}]"
-    rf"(?:[^{_CONTROL}]{{0,{MAX_TOPIC_CHARS - 2}}}[^{_TRIMMED}{_CONTROL}])?[{_TRIMMED}]*$"
-)
+
+
+def topic_pattern(max_chars: int) -> str:
+    """Trimmed, 1..max_chars characters are left, none of them `_CONTROL`; so the first and
+    the last are neither trimmed nor control characters."""
+    return (
+        rf"^[{_TRIMMED}]*[^{_TRIMMED}{_CONTROL}]"
+        rf"(?:[^{_CONTROL}]{{0,{max_chars - 2}}}[^{_TRIMMED}{_CONTROL}])?[{_TRIMMED}]*$"
+    )
 
 _PROGRESS: Json = {"type": "integer", "minimum": 0, "maximum": 100}
 _INDEX: Json = {"type": "integer", "minimum": 0}
@@ -148,14 +153,14 @@ def _job_response(description: str, *, location: bool = True) -> Json:
     return response
 
 
-def _schemas() -> Json:
+def _schemas(max_topic_chars: int) -> Json:
     nullable_time: Json = {"type": ["string", "null"], "format": "date-time"}
     return {
         "Topic": {
             "type": "string",
-            "pattern": TOPIC_PATTERN,
+            "pattern": topic_pattern(max_topic_chars),
             "description": (f"What the article is about. Trimmed of surrounding whitespace, "
-                            f"then 1..{MAX_TOPIC_CHARS} characters with no control character "
+                            f"then 1..{max_topic_chars} characters with no control character "
                             "(Unicode Cc), lone surrogate, U+2028 or U+2029."),
             "examples": ["Home composting"],
         },
@@ -405,7 +410,7 @@ def _service_paths() -> Json:
 
 
 @cache
-def _document() -> Json:
+def _document(max_topic_chars: int) -> Json:
     return {
         "openapi": "3.2.0",
         "info": {
@@ -417,7 +422,7 @@ def _document() -> Json:
         "security": [{}, {"bearerAuth": []}],
         "paths": {**_api_paths(), **_service_paths()},
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(max_topic_chars),
             "parameters": _parameters(),
             # Not tied to an operation: any path answers it for a method it does not list.
             "responses": {"MethodNotAllowed": _errors("method_not_allowed")["405"]},
@@ -431,6 +436,7 @@ def _document() -> Json:
     }
 
 
-def openapi_document() -> Json:
-    """The OpenAPI 3.2 document; a fresh copy each call, so no caller alters the shared one."""
-    return deepcopy(_document())
+def openapi_document(max_topic_chars: int = DEFAULT_MAX_TOPIC_CHARS) -> Json:
+    """The OpenAPI 3.2 document for the service's MAX_TOPIC_CHARS; a fresh copy each call, so
+    no caller alters the shared one."""
+    return deepcopy(_document(max_topic_chars))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 
@@ -169,11 +168,8 @@ async def metrics(request: Request) -> Response:
     return Response(_service(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-_openapi = functools.cache(openapi_document)
-
-
 async def openapi(request: Request) -> Response:
-    return JSONResponse(_openapi())
+    return JSONResponse(openapi_document(_service(request).settings.max_topic_chars))
 
 
 def _prefer_wait(header: str) -> int:

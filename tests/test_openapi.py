@@ -152,3 +152,11 @@ def test_query_numbers_are_ascii_digits(start_server: Any) -> None:
     statuses = {name: httpx.get(url, params=params, headers=headers, timeout=10).status_code
                 for name, (url, params, headers) in cases.items()}
     assert statuses == dict.fromkeys(statuses, 400)
+
+
+def test_the_document_states_the_configured_topic_limit(start_server: Any) -> None:
+    server = start_server(MAX_TOPIC_CHARS="50")
+    topic = httpx.get(f"{server.url}/openapi.json").json()["components"]["schemas"]["Topic"]
+    assert "1..50 characters" in topic["description"]
+    assert re.fullmatch(topic["pattern"], "x" * 50)
+    assert not re.fullmatch(topic["pattern"], "x" * 51)
