@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 _STOP: dict[str, Any] = {"type": "stop"}
 #: progress at the start of each stage; sections fill the span from content to style
-_STAGE_PROGRESS = {Stage.outline: 5, Stage.content: 20, Stage.style: 80, Stage.done: 100}
+_STAGE_PROGRESS = {Stage.outline: 5, Stage.content: 20, Stage.style: 80}
 _OUTLINE_PROGRESS = 15
 
 

@@ -17,10 +17,11 @@ import pytest
 from app import create_app
 from pipeline.settings import Settings
 
+from .sse_client import TERMINAL
+
 pytestmark = pytest.mark.anyio
 
 DRAIN_S = 2
-TERMINAL = {"done", "error", "cancelled"}
 
 
 @pytest.fixture

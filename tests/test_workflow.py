@@ -10,8 +10,9 @@ import pytest
 from app import create_app
 from pipeline.errors import BadOutline, JobError, LLMError
 from pipeline.flow import build_flow, new_shared
-from pipeline.llm import LLM
+from pipeline.llm import LLM, call_llm
 from pipeline.outline import parse_outline
+from pipeline.prompts import style_prompt
 from pipeline.settings import Settings
 
 from .scripted import GOOD_OUTLINE, ScriptedProvider
@@ -45,7 +46,6 @@ async def test_outline_in_a_code_fence_becomes_three_sections_and_an_article() -
     assert shared["sections"] == ["Alpha", "Beta", "Gamma"]
     assert shared["final_article"] == "Styled article."
     assert shared["draft"].startswith("# Home composting\n\n## Alpha\n\n")
-    assert [m["index"] for m in messages if m["type"] == "section"] != []
     assert sorted(m["index"] for m in messages if m["type"] == "section") == [0, 1, 2]
     assert [m["stage"] for m in messages if m["type"] == "stage"] == ["outline", "content", "style"]
     assert provider.calls == {"outline": 1, "section": 3, "style": 1}
@@ -121,3 +121,9 @@ def test_an_unexpected_exception_ends_the_job_without_leaking_its_text(serve_app
     assert events[-1].event == "error"
     assert events[-1].data == {"code": "internal_error",
                                "message": "The job failed with an unexpected internal error."}
+
+
+async def test_call_llm_returns_the_whole_reply_for_callers_that_do_not_stream() -> None:
+    provider = ScriptedProvider({"style": ["One reply, streamed in pieces."]})
+    llm = LLM(provider, timeout_s=5, stream_attempts=1)
+    assert await call_llm(llm, style_prompt("Tea", "draft")) == "One reply, streamed in pieces."
