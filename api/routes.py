@@ -21,6 +21,8 @@ from .service import Service
 from .stream import EventStream
 
 MAX_WAIT_S = 60
+#: seconds a client is asked to wait when the service is full or stopping
+RETRY_AFTER = "5"
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
@@ -47,7 +49,7 @@ async def _owned_job(request: Request, owner: str | None) -> Job:
 
 def _shutting_down() -> ApiError:
     return ApiError(503, "shutting_down", "The service is shutting down; try again shortly.",
-                    headers={"Retry-After": "5"})
+                    headers={"Retry-After": RETRY_AFTER})
 
 
 async def submit_job(request: Request) -> Response:
@@ -81,7 +83,7 @@ async def submit_job(request: Request) -> Response:
         job = await service.runner.submit(topic, owner=owner, idempotency=idempotency)
     except QueueFull:
         raise ApiError(429, "queue_full", "Too many jobs are waiting; try again shortly.",
-                       headers={"Retry-After": "5"}) from None
+                       headers={"Retry-After": RETRY_AFTER}) from None
     except ShuttingDown:
         raise _shutting_down() from None
     if wait_s:
@@ -148,7 +150,7 @@ async def job_events(request: Request) -> Response | EventStream:
         return Response(status_code=204)  # the client already has the terminal event
     if service.metrics.streams_open >= service.settings.max_streams:
         raise ApiError(429, "too_many_streams", "Too many open event streams; try again shortly.",
-                       headers={"Retry-After": "5"})
+                       headers={"Retry-After": RETRY_AFTER})
     return EventStream(service.store, job.id, after, settings=service.settings,
                        metrics=service.metrics, closing=service.closing)
 
@@ -160,7 +162,7 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     if _service(request).runner.draining:
         return JSONResponse({"error": {"code": "not_ready", "message": "The service is draining."}},
-                            status_code=503, headers={"Retry-After": "5"})
+                            status_code=503, headers={"Retry-After": RETRY_AFTER})
     return JSONResponse({"status": "ready"})
 
 
