@@ -8,6 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pipeline.errors import ArticleStreamError
+
 logger = logging.getLogger(__name__)
 
 _HTTP_CODES = {
@@ -16,7 +18,7 @@ _HTTP_CODES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(ArticleStreamError):
     """A request that cannot be served; becomes a JSON error response."""
 
     def __init__(self, status: int, code: str, message: str, *,

@@ -9,8 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pipeline.errors import NotCancellable, QueueFull, ShuttingDown
 from pipeline.job import Job, JobStatus
-from pipeline.jobs import NotCancellable, QueueFull, ShuttingDown
 
 from .access import client_address, owner_of
 from .body import read_submit, valid_topic

@@ -1,17 +1,30 @@
-"""The errors a job can end with.
+"""Every error the service raises has one root, `ArticleStreamError`:
 
-    JobError                 a job ended without an article; `code` is the contract's code
-    ├── LLMError             the provider failed (llm_auth, llm_rate_limited, ...)
-    │   └── LLMStreamBroken  a streamed reply broke off midway; the call may be tried again
-    └── BadOutline           the outline never parsed or validated (bad_outline)
+    ArticleStreamError
+    ├── JobError                 a job ended without an article; `code` is the contract's code
+    │   ├── LLMError             the provider failed (llm_auth, llm_rate_limited, ...)
+    │   │   └── LLMStreamBroken  a streamed reply broke off midway; the call may be tried again
+    │   └── BadOutline           the outline never parsed or validated (bad_outline)
+    ├── Refused                  the runner will not take this request now
+    │   ├── QueueFull            more jobs wait than MAX_QUEUED_JOBS allows
+    │   ├── ShuttingDown         the service is draining
+    │   └── NotCancellable       the job already succeeded or failed
+    ├── TransitionError          a job state change its status does not allow (a bug)
+    ├── SettingsError            an environment variable the service cannot use (settings.py)
+    ├── FrameError               a value no SSE frame can carry (sse.py)
+    └── ApiError                 a request that gets a JSON error response (api/errors.py)
 
-Messages are for clients: one sentence on what happened, never a key or token.
+Job error messages are for clients: one sentence on what happened, never a key or token.
 """
 
 from __future__ import annotations
 
 
-class JobError(Exception):
+class ArticleStreamError(Exception):
+    """The root of every error the service raises."""
+
+
+class JobError(ArticleStreamError):
     """A job failed; `code` is one of the contract's job error codes."""
 
     code = "job_error"
@@ -37,3 +50,23 @@ class BadOutline(JobError):
     """The model's outline was not YAML with a valid `sections:` list."""
 
     code = "bad_outline"
+
+
+class Refused(ArticleStreamError):
+    """The runner will not take this request now."""
+
+
+class QueueFull(Refused):
+    """More jobs are waiting than MAX_QUEUED_JOBS allows."""
+
+
+class ShuttingDown(Refused):
+    """The service is draining and takes no new jobs."""
+
+
+class NotCancellable(Refused):
+    """The job already succeeded or failed."""
+
+
+class TransitionError(ArticleStreamError, RuntimeError):
+    """A state change that the job's current status does not allow."""

@@ -6,37 +6,12 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from enum import Enum
 from typing import Any
 
+from .contract import TERMINAL_EVENTS, TERMINAL_STATUSES, JobStatus, Stage
+from .errors import TransitionError
 
-class JobStatus(str, Enum):
-    #: waiting for a free runner, first in first out
-    queued = "queued"
-    #: the workflow is running
-    running = "running"
-    #: the article is written
-    succeeded = "succeeded"
-    #: the job ended with an error code
-    failed = "failed"
-    #: a client asked it to stop
-    cancelled = "cancelled"
-
-
-class Stage(str, Enum):
-    queued = "queued"
-    outline = "outline"
-    content = "content"
-    style = "style"
-    done = "done"
-
-
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
-TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
-
-
-class TransitionError(RuntimeError):
-    """A state change that the job's current status does not allow."""
+__all__ = ["Event", "Job", "JobStatus", "Stage", "new_job_id"]
 
 
 def new_job_id() -> str:
@@ -65,14 +40,10 @@ class Job:
     sections: list[str] | None = None
     article: str | None = None
     error: dict[str, str] | None = None
-    #: set by DELETE, read by whichever runner holds the job
-    cancel_requested: bool = False
-    #: the shared store as of the last finished node, for a later resume
-    checkpoint: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status in TERMINAL_STATUSES
 
     def start(self) -> None:
         if self.status is not JobStatus.queued:
@@ -90,7 +61,7 @@ class Job:
         if self.terminal:
             raise TransitionError(f"Job {self.id} cannot become {status.value}: it is "
                                   f"{self.status.value}.")
-        if status not in TERMINAL:
+        if status not in TERMINAL_STATUSES:
             raise TransitionError(f"{status.value} is not a final status.")
         self.status = status
         self.error = error

@@ -17,7 +17,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .deltas import DeltaCoalescer
-from .errors import JobError
+from .errors import JobError, NotCancellable, QueueFull, ShuttingDown
 from .flow import build_flow, new_shared
 from .job import Event, Job, JobStatus, Stage
 from .llm import LLM
@@ -31,18 +31,6 @@ _STOP: dict[str, Any] = {"type": "stop"}
 #: progress at the start of each stage; sections fill the span from content to style
 _STAGE_PROGRESS = {Stage.outline: 5, Stage.content: 20, Stage.style: 80}
 _OUTLINE_PROGRESS = 15
-
-
-class QueueFull(Exception):
-    """More jobs are waiting than MAX_QUEUED_JOBS allows."""
-
-
-class ShuttingDown(Exception):
-    """The service is draining and takes no new jobs."""
-
-
-class NotCancellable(Exception):
-    """The job already succeeded or failed."""
 
 
 class JobRunner:
@@ -103,8 +91,6 @@ class JobRunner:
             raise NotCancellable(job.status.value)
         if job.terminal:
             return job
-        job.cancel_requested = True
-        await self.store.save(job)
         if job.status is JobStatus.queued:
             self._waiting.discard(job_id)
             await self._finish(job, JobStatus.cancelled, _cancelled_error())
@@ -260,7 +246,6 @@ class JobRunner:
                         time.monotonic() - stage_started)
                 stage_started = time.monotonic()
                 job.advance(stage, _STAGE_PROGRESS[stage])
-                job.checkpoint = {key: shared[key] for key in ("sections", "draft", "final_article")}
                 await self.store.save(job)
                 await self._publish(job, "progress", {"stage": stage.value, "progress": job.progress,
                                                       "message": message["message"]})

@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .errors import ArticleStreamError
+
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
 
 Provider = Literal["auto", "anthropic", "offline"]
 
 
-class SettingsError(ValueError):
+class SettingsError(ArticleStreamError, ValueError):
     """An environment variable holds a value the service cannot use."""
 
 
@@ -40,6 +42,8 @@ class Settings:
 
     max_running_jobs: int = 100
     max_queued_jobs: int = 1000
+    max_stored_jobs: int = 5000
+    max_llm_calls: int = 100
     job_ttl_s: float = 3600.0
     job_timeout_s: float = 600.0
     drain_s: float = 7.0
@@ -53,7 +57,7 @@ class Settings:
 
     max_body_bytes: int = 16_384
     max_topic_chars: int = 200
-    rate_limit_per_minute: int = 60
+    rate_limit_per_minute: int = 0
     rate_limit_burst: int = 20
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
@@ -68,7 +72,7 @@ class Settings:
             raise SettingsError("LLM_PROVIDER is anthropic but ANTHROPIC_API_KEY is not set.")
         if not 2 <= self.outline_sections <= 8:
             raise SettingsError(f"OUTLINE_SECTIONS is {self.outline_sections}; use 2 to 8.")
-        for name in ("max_running_jobs", "outline_attempts", "llm_stream_attempts",
+        for name in ("max_running_jobs", "max_llm_calls", "outline_attempts", "llm_stream_attempts",
                      "section_concurrency", "max_streams", "max_body_bytes", "max_topic_chars"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} is {getattr(self, name)}; it must be at least 1.")
@@ -106,6 +110,8 @@ class Settings:
             section_concurrency=reader.integer("SECTION_CONCURRENCY", cls.section_concurrency),
             max_running_jobs=reader.integer("MAX_RUNNING_JOBS", cls.max_running_jobs),
             max_queued_jobs=reader.integer("MAX_QUEUED_JOBS", cls.max_queued_jobs),
+            max_stored_jobs=reader.integer("MAX_STORED_JOBS", cls.max_stored_jobs),
+            max_llm_calls=reader.integer("MAX_LLM_CALLS", cls.max_llm_calls),
             job_ttl_s=reader.number("JOB_TTL_SECONDS", cls.job_ttl_s),
             job_timeout_s=reader.number("JOB_TIMEOUT_SECONDS", cls.job_timeout_s),
             drain_s=reader.number("DRAIN_SECONDS", cls.drain_s),

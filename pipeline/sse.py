@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 
+from .errors import ArticleStreamError
+
 __all__ = ["FrameError", "comment", "encode", "retry"]
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-class FrameError(ValueError):
+class FrameError(ArticleStreamError, ValueError):
     """A field value that no SSE frame can carry."""
 
 

@@ -1,0 +1,59 @@
+"""The words of the HTTP and SSE contract (`shared/CONTRACT.md`), defined once.
+
+The runner, the routes, the OpenAPI document, the locustfile and the benches import them
+from here, so a status, a stage, an event name or a limit cannot drift between them.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobStatus(str, Enum):
+    #: waiting for a free runner, first in first out
+    queued = "queued"
+    #: the workflow is running
+    running = "running"
+    #: the article is written
+    succeeded = "succeeded"
+    #: the job ended with an error code
+    failed = "failed"
+    #: a client asked it to stop
+    cancelled = "cancelled"
+
+
+class Stage(str, Enum):
+    #: not started yet
+    queued = "queued"
+    #: planning the outline
+    outline = "outline"
+    #: writing the sections
+    content = "content"
+    #: rewriting the draft in the house style
+    style = "style"
+    #: the article is finished
+    done = "done"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+
+#: every event type a stream carries, in the order the contract lists them
+EVENT_TYPES = ("status", "outline", "section", "progress", "delta", "done", "error", "cancelled")
+#: exactly one of these ends every job's stream
+TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
+
+#: a failed (or cancelled) job's `error.code`
+JOB_ERROR_CODES = (
+    "bad_outline", "llm_auth", "llm_rate_limited", "llm_overloaded", "llm_timeout",
+    "llm_error", "timeout", "shutdown", "worker_lost", "internal_error", "cancelled",
+)
+
+#: `Prefer: wait=N` is capped at this many seconds
+MAX_PREFER_WAIT_S = 60
+#: the job list's page size, by default and at most
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+#: seconds a client is asked to wait (`Retry-After`) when the service is full or stopping
+RETRY_AFTER_S = 5
+#: what a job id looks like: `j_` and 22 URL-safe characters (128 bits of randomness)
+JOB_ID_PATTERN = "^j_[A-Za-z0-9_-]{22}$"
