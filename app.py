@@ -25,10 +25,10 @@ from api.errors import EXCEPTION_HANDLERS
 from api.middleware import AccessLog, JsonCORSMiddleware, SecurityHeaders
 from api.ratelimit import RateLimiter
 from api.service import Service
-from pipeline.jobs import JobRunner
 from pipeline.llm import LLM, Provider, build_provider
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics
+from pipeline.runner import JobRunner
 from pipeline.settings import Settings, SettingsError
 from pipeline.store import MemoryJobStore
 
@@ -45,9 +45,8 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Service]]:
         metrics = Metrics()
         llm_provider = provider or build_provider(settings, metrics)
-        llm = LLM(llm_provider, timeout_s=settings.llm_timeout_s,
-                  stream_attempts=settings.llm_stream_attempts, metrics=metrics)
-        store = MemoryJobStore(ttl_s=settings.job_ttl_s)
+        llm = LLM.from_settings(llm_provider, settings, metrics)
+        store = MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_stored_jobs)
         service = Service(
             settings=settings,
             store=store,

@@ -6,11 +6,14 @@ import hashlib
 import re
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pipeline.contract import DEFAULT_PAGE, MAX_PAGE, MAX_PREFER_WAIT_S, RETRY_AFTER_S, JobStatus
 from pipeline.errors import NotCancellable, QueueFull, ShuttingDown
-from pipeline.job import Job, JobStatus
+from pipeline.job import Job
+from pipeline.payloads import JobList
 
 from .access import client_address, owner_of
 from .body import read_submit, valid_topic
@@ -20,11 +23,7 @@ from .ratelimit import retry_after
 from .service import Service
 from .stream import EventStream
 
-MAX_WAIT_S = 60
-#: seconds a client is asked to wait when the service is full or stopping
-RETRY_AFTER = "5"
-DEFAULT_PAGE = 20
-MAX_PAGE = 100
+RETRY_AFTER = str(RETRY_AFTER_S)
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 _EVENT_ID = re.compile(r"[0-9]{1,18}")  # \d would take any Unicode digit
@@ -35,8 +34,14 @@ def _service(request: Request) -> Service:
     return service
 
 
-def _job_response(job: Job, status: int) -> JSONResponse:
-    return JSONResponse(job.public(), status_code=status, headers={"Location": f"/api/jobs/{job.id}"})
+def _model_response(model: BaseModel, status: int = 200,
+                    headers: dict[str, str] | None = None) -> Response:
+    return Response(model.model_dump_json(), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def _job_response(job: Job, status: int) -> Response:
+    return _model_response(job.public(), status, {"Location": f"/api/jobs/{job.id}"})
 
 
 async def _owned_job(request: Request, owner: str | None) -> Job:
@@ -116,12 +121,12 @@ async def list_jobs(request: Request) -> Response:
     jobs = await service.store.list_jobs(owner, status=status, limit=limit + 1, before=cursor)
     page = jobs[:limit]
     next_cursor = page[-1].id if len(jobs) > limit else None
-    return JSONResponse({"jobs": [job.public() for job in page], "next_cursor": next_cursor})
+    return _model_response(JobList(jobs=[job.public() for job in page], next_cursor=next_cursor))
 
 
 async def get_job(request: Request) -> Response:
     owner = owner_of(request, _service(request).settings)
-    return JSONResponse((await _owned_job(request, owner)).public())
+    return _model_response((await _owned_job(request, owner)).public())
 
 
 async def cancel_job(request: Request) -> Response:
@@ -176,7 +181,7 @@ async def openapi(request: Request) -> Response:
 
 def _prefer_wait(header: str) -> int:
     match = _PREFER_WAIT.search(header)
-    return min(int(match.group(1)), MAX_WAIT_S) if match else 0
+    return min(int(match.group(1)), MAX_PREFER_WAIT_S) if match else 0
 
 
 async def jobs(request: Request) -> Response:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from pipeline.jobs import JobRunner
 from pipeline.metrics import Metrics
+from pipeline.runner import JobRunner
 from pipeline.settings import Settings
 from pipeline.store import JobStore
 

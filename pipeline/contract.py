@@ -7,6 +7,7 @@ from here, so a status, a stage, an event name or a limit cannot drift between t
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 
 class JobStatus(str, Enum):
@@ -34,6 +35,11 @@ class Stage(str, Enum):
     #: the article is finished
     done = "done"
 
+
+#: the stages a running job reports as it enters them
+WorkStage = Literal[Stage.outline, Stage.content, Stage.style]
+#: the stages that stream live text: a section's, then the styled article's
+TextStage = Literal[Stage.content, Stage.style]
 
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 

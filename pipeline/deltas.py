@@ -1,15 +1,17 @@
 """Coalescing live text: at most one `delta` per part every interval, however fast text comes.
 
-A part is (stage, index): ("content", i) for section i, ("style", None) for the article.
+A part is (stage, index): (content, i) for section i, (style, None) for the article.
 Time is passed in, so the rule is testable without a clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-Part = tuple[str, "int | None"]
+from .contract import TextStage
+from .payloads import DeltaEvent
+
+Part = tuple[TextStage, "int | None"]
 
 
 @dataclass
@@ -25,7 +27,7 @@ class DeltaCoalescer:
         self.interval_s = interval_s
         self._parts: dict[Part, _Buffer] = {}
 
-    def add(self, part: Part, text: str, now: float) -> dict[str, Any] | None:
+    def add(self, part: Part, text: str, now: float) -> DeltaEvent | None:
         """Buffer `text`; the delta to send now, if the part's interval has passed."""
         buffer = self._parts.setdefault(part, _Buffer())
         buffer.text += text
@@ -39,17 +41,17 @@ class DeltaCoalescer:
         buffer.text = ""
         buffer.reset = buffer.reset or buffer.sent
 
-    def flush(self, part: Part, now: float) -> dict[str, Any] | None:
+    def flush(self, part: Part, now: float) -> DeltaEvent | None:
         """The part's held text as a delta, whatever the interval (before its final event)."""
         buffer = self._parts.get(part)
         return self._flush(part, buffer, now) if buffer else None
 
-    def flush_all(self, now: float) -> list[dict[str, Any]]:
+    def flush_all(self, now: float) -> list[DeltaEvent]:
         """Every part's held text, before the job's final event."""
         return [delta for part, buffer in list(self._parts.items())
                 if (delta := self._flush(part, buffer, now))]
 
-    def due(self, now: float) -> list[dict[str, Any]]:
+    def due(self, now: float) -> list[DeltaEvent]:
         """Deltas for every part whose interval has passed with text held."""
         return [delta for part, buffer in list(self._parts.items())
                 if buffer.text and now - buffer.last_flush >= self.interval_s
@@ -61,11 +63,11 @@ class DeltaCoalescer:
                  for buffer in self._parts.values() if buffer.text]
         return max(0.0, min(waits)) if waits else None
 
-    def _flush(self, part: Part, buffer: _Buffer, now: float) -> dict[str, Any] | None:
+    def _flush(self, part: Part, buffer: _Buffer, now: float) -> DeltaEvent | None:
         # A pending reset goes out even with no text, so clients drop the void attempt.
         if not buffer.text and not buffer.reset:
             return None
         stage, index = part
-        delta = {"stage": stage, "index": index, "text": buffer.text, "reset": buffer.reset}
+        delta = DeltaEvent(stage=stage, index=index, text=buffer.text, reset=buffer.reset)
         buffer.text, buffer.reset, buffer.sent, buffer.last_flush = "", False, True, now
         return delta

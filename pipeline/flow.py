@@ -8,6 +8,7 @@ from typing import Any
 from pocketflow import AsyncFlow
 
 from .llm import LLM
+from .messages import Report
 from .nodes import ApplyStyle, GenerateOutline, WriteContent
 from .settings import Settings
 
@@ -18,7 +19,7 @@ def build_flow(llm: LLM, settings: Settings) -> AsyncFlow:
     return AsyncFlow(start=outline)
 
 
-def new_shared(topic: str, queue: asyncio.Queue[dict[str, Any]]) -> dict[str, Any]:
+def new_shared(topic: str, queue: asyncio.Queue[Report]) -> dict[str, Any]:
     """The shared store the nodes read and write."""
     return {"topic": topic, "sse_queue": queue, "sections": None, "draft": None,
             "final_article": None}

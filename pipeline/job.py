@@ -6,10 +6,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
+from . import payloads
 from .contract import TERMINAL_EVENTS, TERMINAL_STATUSES, JobStatus, Stage
 from .errors import TransitionError
+from .payloads import JobErrorBody
 
 __all__ = ["Event", "Job", "JobStatus", "Stage", "new_job_id"]
 
@@ -19,11 +20,13 @@ def new_job_id() -> str:
     return "j_" + secrets.token_urlsafe(16)
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
+def _iso(timestamp: float) -> str:
     moment = datetime.fromtimestamp(timestamp, timezone.utc)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso_or_none(timestamp: float | None) -> str | None:
+    return None if timestamp is None else _iso(timestamp)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Job:
     finished_at: float | None = None
     sections: list[str] | None = None
     article: str | None = None
-    error: dict[str, str] | None = None
+    error: JobErrorBody | None = None
 
     @property
     def terminal(self) -> bool:
@@ -56,7 +59,7 @@ class Job:
         self.stage = stage
         self.progress = max(self.progress, progress)
 
-    def finish(self, status: JobStatus, *, error: dict[str, str] | None = None,
+    def finish(self, status: JobStatus, *, error: JobErrorBody | None = None,
                article: str | None = None) -> None:
         if self.terminal:
             raise TransitionError(f"Job {self.id} cannot become {status.value}: it is "
@@ -70,22 +73,22 @@ class Job:
             self.article = article
             self.advance(Stage.done, 100)
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> payloads.Job:
         """The job as the contract shows it to clients."""
-        return {
-            "id": self.id,
-            "topic": self.topic,
-            "status": self.status.value,
-            "stage": self.stage.value,
-            "progress": self.progress,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "sections": self.sections,
-            "article": self.article,
-            "error": self.error,
-            "links": {"self": f"/api/jobs/{self.id}", "events": f"/api/jobs/{self.id}/events"},
-        }
+        return payloads.Job(
+            id=self.id,
+            topic=self.topic,
+            status=self.status,
+            stage=self.stage,
+            progress=self.progress,
+            created_at=_iso(self.created_at),
+            started_at=_iso_or_none(self.started_at),
+            finished_at=_iso_or_none(self.finished_at),
+            sections=self.sections,
+            article=self.article,
+            error=self.error,
+            links=payloads.Links(self=f"/api/jobs/{self.id}", events=f"/api/jobs/{self.id}/events"),
+        )
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -34,14 +34,26 @@ class Provider(Protocol):
 
 
 class LLM:
-    """Calls a provider with a deadline per call and retries replies that broke off."""
+    """Calls a provider with a deadline per call and retries replies that broke off.
+
+    At most `max_calls` calls stream at once, service-wide; the rest wait their turn (the
+    deadline starts once a call has its place).
+    """
 
     def __init__(self, provider: Provider, *, timeout_s: float, stream_attempts: int,
-                 metrics: Metrics | None = None) -> None:
+                 max_calls: int, metrics: Metrics | None = None) -> None:
         self.provider = provider
         self.timeout_s = timeout_s
         self.stream_attempts = stream_attempts
         self.metrics = metrics
+        self._places = anyio.Semaphore(max_calls)
+
+    @classmethod
+    def from_settings(cls, provider: Provider, settings: Settings,
+                      metrics: Metrics | None = None) -> LLM:
+        return cls(provider, timeout_s=settings.llm_timeout_s,
+                   stream_attempts=settings.llm_stream_attempts,
+                   max_calls=settings.max_llm_calls, metrics=metrics)
 
     async def generate(
         self,
@@ -56,12 +68,13 @@ class LLM:
             parts: list[str] = []
             started = time.perf_counter()
             try:
-                with anyio.fail_after(self.timeout_s):
-                    async with aclosing(self.provider.stream(prompt, max_tokens=max_tokens)) as chunks:
-                        async for chunk in chunks:
-                            parts.append(chunk)
-                            if on_text is not None:
-                                await on_text(chunk)
+                async with self._place():
+                    with anyio.fail_after(self.timeout_s):
+                        async with aclosing(self.provider.stream(prompt, max_tokens=max_tokens)) as chunks:
+                            async for chunk in chunks:
+                                parts.append(chunk)
+                                if on_text is not None:
+                                    await on_text(chunk)
             except TimeoutError:
                 self._observe(started, "llm_timeout")
                 raise LLMError(
@@ -84,6 +97,21 @@ class LLM:
             self._observe(started, None)
             return "".join(parts)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    @asynccontextmanager
+    async def _place(self) -> AsyncIterator[None]:
+        """Hold one of the MAX_LLM_CALLS places for the length of one attempt."""
+        if self._places.value == 0 and self.metrics is not None:
+            waited = time.perf_counter()
+            with self.metrics.llm_calls_waiting.track_inprogress():
+                await self._places.acquire()
+            self.metrics.llm_place_wait_seconds.observe(time.perf_counter() - waited)
+        else:
+            await self._places.acquire()
+        try:
+            yield
+        finally:
+            self._places.release()
 
     def _observe(self, started: float, code: str | None) -> None:
         if self.metrics is not None:

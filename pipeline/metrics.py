@@ -33,6 +33,13 @@ class Metrics:
         self.llm_tokens = Counter("articlestream_llm_tokens_total",
                                   "Tokens used, from the provider's usage report.",
                                   ["provider", "kind"], registry=r)
+        self.llm_calls_waiting = Gauge("articlestream_llm_calls_waiting",
+                                       "LLM calls waiting for one of the MAX_LLM_CALLS places.",
+                                       registry=r)
+        self.llm_place_wait_seconds = Histogram(
+            "articlestream_llm_place_wait_seconds",
+            "How long an LLM call waited for a place, when it had to wait.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
         self.queue_depth = Gauge("articlestream_queued_jobs", "Jobs waiting to run.", registry=r)
         self.running_jobs = Gauge("articlestream_running_jobs", "Jobs running now.", registry=r)
         self.open_streams = Gauge("articlestream_open_streams", "Open event streams.", registry=r)

@@ -1,24 +1,20 @@
 """The three workflow nodes. They read and write the shared store and report only through
-`shared["sse_queue"]`, as plain dicts that the job runner turns into numbered events:
-
-    {"type": "stage", "stage": ..., "message": ...}
-    {"type": "outline", "sections": [...]}
-    {"type": "delta", "stage": ..., "index": ..., "text": ...}
-    {"type": "reset", "stage": ..., "index": ...}     a broken attempt's text is void
-    {"type": "section", "index": ..., "title": ..., "content": ...}
+`shared["sse_queue"]`, as the records of `messages.py`, which `events.py` turns into the
+job's numbered events.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 from pocketflow import AsyncNode
 
+from .contract import Stage
 from .errors import BadOutline, LLMError
 from .llm import LLM, backoff_s
+from .messages import OutlineReady, Report, SectionWritten, StageStarted, TextDelta, TextReset
 from .outline import parse_outline
 from .prompts import draft_text, outline_prompt, section_prompt, style_prompt
 from .settings import Settings
@@ -26,11 +22,7 @@ from .settings import Settings
 Shared = dict[str, Any]
 
 
-def _emit(queue: asyncio.Queue[dict[str, Any]]) -> Callable[..., Awaitable[None]]:
-    async def emit(type: str, **fields: Any) -> None:
-        await queue.put({"type": type, **fields})
-
-    return emit
+Reports = asyncio.Queue[Report]
 
 
 def _first_error(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -49,7 +41,7 @@ class GenerateOutline(AsyncNode):
         self.attempt = 0
 
     async def prep_async(self, shared: Shared) -> str:
-        await _emit(shared["sse_queue"])("stage", stage="outline", message="Planning the outline")
+        await shared["sse_queue"].put(StageStarted(Stage.outline, "Planning the outline"))
         return str(shared["topic"])
 
     async def exec_async(self, topic: str) -> list[str] | LLMError:
@@ -75,7 +67,7 @@ class GenerateOutline(AsyncNode):
         if isinstance(result, LLMError):
             raise result
         shared["sections"] = result
-        await _emit(shared["sse_queue"])("outline", sections=result)
+        await shared["sse_queue"].put(OutlineReady(tuple(result)))
 
 
 class WriteContent(AsyncNode):
@@ -87,30 +79,29 @@ class WriteContent(AsyncNode):
         self.concurrency = settings.section_concurrency
         self.words = settings.section_words
 
-    async def prep_async(self, shared: Shared) -> tuple[str, list[str], asyncio.Queue[Any]]:
-        queue = shared["sse_queue"]
-        await _emit(queue)("stage", stage="content", message="Writing the sections")
+    async def prep_async(self, shared: Shared) -> tuple[str, list[str], Reports]:
+        queue: Reports = shared["sse_queue"]
+        await queue.put(StageStarted(Stage.content, "Writing the sections"))
         return str(shared["topic"]), list(shared["sections"]), queue
 
-    async def exec_async(self, prep: tuple[str, list[str], asyncio.Queue[Any]]) -> list[str]:
+    async def exec_async(self, prep: tuple[str, list[str], Reports]) -> list[str]:
         topic, sections, queue = prep
-        emit = _emit(queue)
         contents = [""] * len(sections)
         limiter = anyio.CapacityLimiter(self.concurrency)
 
         async def write(index: int, title: str) -> None:
             async def on_text(text: str) -> None:
-                await emit("delta", stage="content", index=index, text=text)
+                await queue.put(TextDelta(Stage.content, index, text))
 
             async def on_reset() -> None:
-                await emit("reset", stage="content", index=index)
+                await queue.put(TextReset(Stage.content, index))
 
             async with limiter:
                 prompt = section_prompt(topic, title, sections, self.words)
                 contents[index] = await self.llm.generate(
                     prompt, max_tokens=600, on_text=on_text, on_reset=on_reset
                 )
-            await emit("section", index=index, title=title, content=contents[index])
+            await queue.put(SectionWritten(index, title, contents[index]))
 
         # A task group, not asyncio.gather: one failed section cancels its siblings.
         try:
@@ -132,20 +123,19 @@ class ApplyStyle(AsyncNode):
         super().__init__()
         self.llm = llm
 
-    async def prep_async(self, shared: Shared) -> tuple[str, str, asyncio.Queue[Any]]:
-        queue = shared["sse_queue"]
-        await _emit(queue)("stage", stage="style", message="Polishing the style")
+    async def prep_async(self, shared: Shared) -> tuple[str, str, Reports]:
+        queue: Reports = shared["sse_queue"]
+        await queue.put(StageStarted(Stage.style, "Polishing the style"))
         return str(shared["topic"]), str(shared["draft"]), queue
 
-    async def exec_async(self, prep: tuple[str, str, asyncio.Queue[Any]]) -> str:
+    async def exec_async(self, prep: tuple[str, str, Reports]) -> str:
         topic, draft, queue = prep
-        emit = _emit(queue)
 
         async def on_text(text: str) -> None:
-            await emit("delta", stage="style", index=None, text=text)
+            await queue.put(TextDelta(Stage.style, None, text))
 
         async def on_reset() -> None:
-            await emit("reset", stage="style", index=None)
+            await queue.put(TextReset(Stage.style, None))
 
         return await self.llm.generate(
             style_prompt(topic, draft), max_tokens=4096, on_text=on_text, on_reset=on_reset

@@ -7,12 +7,15 @@ place, with the log's entry ids as SSE ids.
 from __future__ import annotations
 
 import asyncio
-import json
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from itertools import islice
+from typing import Protocol
 
-from . import sse
-from .job import Event, Job, JobStatus
+from . import payloads, sse
+from .contract import JobStatus
+from .job import Event, Job
 
 
 class JobStore(Protocol):
@@ -30,8 +33,9 @@ class JobStore(Protocol):
                    before: str | None) -> list[Job]:
         """Jobs newest first, after the job `before` in that order."""
 
-    async def append(self, job_id: str, type: str, data: dict[str, Any]) -> Event:
-        """Add an event; the log assigns its id, 1, 2, 3 ... per job."""
+    async def append(self, job_id: str, data: payloads.Event) -> Event:
+        """Add an event; the log assigns its id, 1, 2, 3 ... per job. A terminal event
+        closes the log."""
 
     async def read(self, job_id: str, after: int, *, timeout_s: float) -> list[Event] | None:
         """Events with id > `after`, waiting up to `timeout_s` for one ([] if none came).
@@ -51,21 +55,27 @@ class _Entry:
     #: set (and replaced) on every append, so waiting readers wake together
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     idempotency: tuple[str, str] | None = None
-    seq: int = 0
 
 
 class MemoryJobStore:
-    """Jobs and event logs in this process's memory."""
+    """Jobs and event logs in this process's memory.
 
-    def __init__(self, *, ttl_s: float) -> None:
+    At most `max_jobs` are kept: a new job makes room by forgetting the job that finished
+    first. Queued and running jobs are never forgotten (the runner bounds how many there are).
+    """
+
+    def __init__(self, *, ttl_s: float, max_jobs: int) -> None:
         self.ttl_s = ttl_s
+        self.max_jobs = max_jobs
+        # Both dicts keep insertion order: jobs by creation, finished ones by their end.
         self._entries: dict[str, _Entry] = {}
+        self._finished: dict[str, float] = {}
         self._idempotency: dict[tuple[str | None, str], str] = {}
-        self._seq = 0
 
     async def add(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
-        self._seq += 1
-        self._entries[job.id] = _Entry(job, idempotency=idempotency, seq=self._seq)
+        while len(self._entries) >= self.max_jobs and self._finished:
+            self._forget(next(iter(self._finished)))
+        self._entries[job.id] = _Entry(job, idempotency=idempotency)
         if idempotency is not None:
             self._idempotency[(job.owner, idempotency[0])] = job.id
 
@@ -85,23 +95,30 @@ class MemoryJobStore:
         return entry.job, entry.idempotency[1]
 
     async def list_jobs(self, owner: str | None, *, status: JobStatus | None, limit: int,
-                   before: str | None) -> list[Job]:
-        entries = sorted(self._entries.values(), key=lambda e: e.seq, reverse=True)
-        if before is not None:
-            cursor = self._entries.get(before)
-            if cursor is None:
-                return []
-            entries = [e for e in entries if e.seq < cursor.seq]
-        jobs = [e.job for e in entries
-                if e.job.owner == owner and (status is None or e.job.status is status)]
-        return jobs[:limit]
+                        before: str | None) -> list[Job]:
+        if before is not None and before not in self._entries:
+            return []
+        jobs = (job for job in self._newest_first(before)
+                if job.owner == owner and (status is None or job.status is status))
+        return list(islice(jobs, limit))
 
-    async def append(self, job_id: str, type: str, data: dict[str, Any]) -> Event:
+    def _newest_first(self, before: str | None) -> Iterator[Job]:
+        """Jobs newest first, starting after `before`: a walk, never a sort."""
+        entries = reversed(self._entries.values())
+        if before is not None:
+            for entry in entries:
+                if entry.job.id == before:
+                    break
+        return (entry.job for entry in entries)
+
+    async def append(self, job_id: str, data: payloads.Event) -> Event:
         entry = self._entries[job_id]
         event_id = len(entry.events) + 1
-        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        event = Event(event_id, type, sse.encode(payload, event=type, id=str(event_id)))
+        event = Event(event_id, data.event,
+                      sse.encode(data.model_dump_json(), event=data.event, id=str(event_id)))
         entry.events.append(event)
+        if event.terminal:
+            self._finished[job_id] = time.time()  # the TTL runs from the log's close
         entry.changed.set()
         entry.changed = asyncio.Event()
         return event
@@ -128,14 +145,21 @@ class MemoryJobStore:
                 return []
 
     async def expire(self, now: float) -> int:
-        expired = [e for e in self._entries.values()
-                   if e.job.finished_at is not None and e.job.finished_at + self.ttl_s <= now]
-        for entry in expired:
-            del self._entries[entry.job.id]
-            if entry.idempotency is not None:
-                self._idempotency.pop((entry.job.owner, entry.idempotency[0]), None)
-            entry.changed.set()
-        return len(expired)
+        # Finished jobs are in the order they ended, so the expired ones come first.
+        expired = 0
+        for job_id, finished_at in list(self._finished.items()):
+            if finished_at + self.ttl_s > now:
+                break
+            self._forget(job_id)
+            expired += 1
+        return expired
+
+    def _forget(self, job_id: str) -> None:
+        del self._finished[job_id]
+        entry = self._entries.pop(job_id)
+        if entry.idempotency is not None:
+            self._idempotency.pop((entry.job.owner, entry.idempotency[0]), None)
+        entry.changed.set()  # readers waiting on it learn it is gone
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -8,7 +8,9 @@ from typing import Any
 import anyio
 
 from app import create_app
+from pipeline.contract import Stage
 from pipeline.deltas import DeltaCoalescer
+from pipeline.payloads import DeltaEvent
 from pipeline.settings import Settings
 
 from .scripted import GOOD_OUTLINE, Broken, ScriptedProvider
@@ -17,8 +19,8 @@ from .sse_client import part_texts, read_stream, submit
 
 def test_the_coalescer_sends_at_most_one_delta_per_interval() -> None:
     coalescer = DeltaCoalescer(interval_s=0.05)
-    part = ("content", 0)
-    sent: list[dict[str, Any]] = []
+    part = (Stage.content, 0)
+    sent: list[DeltaEvent] = []
     chunks = [f"w{n} " for n in range(1000)]
     for n, chunk in enumerate(chunks):  # one chunk a millisecond, for a second
         now = n / 1000
@@ -27,28 +29,28 @@ def test_the_coalescer_sends_at_most_one_delta_per_interval() -> None:
         sent.extend(coalescer.due(now))
     sent.extend(coalescer.flush_all(1.0))
     assert len(sent) <= 1.0 / 0.05 + 2
-    assert "".join(d["text"] for d in sent) == "".join(chunks)
+    assert "".join(d.text for d in sent) == "".join(chunks)
 
 
 def test_a_reset_voids_held_text_and_marks_the_next_delta() -> None:
     coalescer = DeltaCoalescer(interval_s=10)
-    part = ("style", None)
-    assert coalescer.add(part, "first try ", 0.0) == {"stage": "style", "index": None,
-                                                      "text": "first try ", "reset": False}
+    part = (Stage.style, None)
+    assert coalescer.add(part, "first try ", 0.0) == DeltaEvent(
+        stage=Stage.style, index=None, text="first try ", reset=False)
     coalescer.add(part, "held, never sent", 1.0)
     coalescer.reset(part)
     coalescer.add(part, "second try", 2.0)
-    assert coalescer.flush(part, 3.0) == {"stage": "style", "index": None,
-                                          "text": "second try", "reset": True}
+    assert coalescer.flush(part, 3.0) == DeltaEvent(
+        stage=Stage.style, index=None, text="second try", reset=True)
 
 
 def test_a_reset_before_anything_was_sent_needs_no_reset_flag() -> None:
     coalescer = DeltaCoalescer(interval_s=10)
-    part = ("content", 2)
+    part = (Stage.content, 2)
     coalescer.reset(part)
     # A part's first text goes out at once, and there is nothing for clients to drop.
-    assert coalescer.add(part, "fresh", 1.0) == {"stage": "content", "index": 2,
-                                                 "text": "fresh", "reset": False}
+    assert coalescer.add(part, "fresh", 1.0) == DeltaEvent(
+        stage=Stage.content, index=2, text="fresh", reset=False)
 
 
 def test_replay_from_a_mid_delta_id_rebuilds_the_same_text(start_server) -> None:

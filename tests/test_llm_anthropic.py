@@ -53,8 +53,7 @@ async def llm_for(fake: FakeAnthropic, **overrides: Any) -> AsyncIterator[tuple[
     metrics = Metrics()
     provider = fake.provider(config, metrics)
     try:
-        yield LLM(provider, timeout_s=config.llm_timeout_s,
-                  stream_attempts=config.llm_stream_attempts, metrics=metrics), metrics
+        yield LLM.from_settings(provider, config, metrics), metrics
     finally:
         await provider.aclose()
 

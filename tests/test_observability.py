@@ -111,7 +111,7 @@ def test_logs_are_json_lines_with_job_ids(start_server: Callable[..., Any]) -> N
     assert about(succeeded) == ["job queued", "job running", "job succeeded"]
     assert about(cancelled) == ["job queued", "job running", "job cancelled (cancelled)"]
     for line in lines:
-        if line["logger"] == "pipeline.jobs" and line["message"].startswith("job "):
+        if line["logger"].startswith("pipeline.") and line["message"].startswith("job "):
             assert "job_id" in line, line
 
 

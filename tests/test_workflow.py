@@ -11,6 +11,7 @@ from app import create_app
 from pipeline.errors import BadOutline, JobError, LLMError
 from pipeline.flow import build_flow, new_shared
 from pipeline.llm import LLM, call_llm
+from pipeline.messages import Report, SectionWritten, StageStarted
 from pipeline.outline import parse_outline
 from pipeline.prompts import style_prompt
 from pipeline.settings import Settings
@@ -26,10 +27,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def run_flow(provider: ScriptedProvider, **settings: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def run_flow(provider: ScriptedProvider, **settings: Any) -> tuple[dict[str, Any], list[Report]]:
     config = Settings(llm_provider="offline", **settings)
-    llm = LLM(provider, timeout_s=5, stream_attempts=config.llm_stream_attempts)
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    llm = LLM.from_settings(provider, config)
+    queue: asyncio.Queue[Report] = asyncio.Queue()
     shared = new_shared("Home composting", queue)
     try:
         await build_flow(llm, config).run_async(shared)
@@ -46,8 +47,8 @@ async def test_outline_in_a_code_fence_becomes_three_sections_and_an_article() -
     assert shared["sections"] == ["Alpha", "Beta", "Gamma"]
     assert shared["final_article"] == "Styled article."
     assert shared["draft"].startswith("# Home composting\n\n## Alpha\n\n")
-    assert sorted(m["index"] for m in messages if m["type"] == "section") == [0, 1, 2]
-    assert [m["stage"] for m in messages if m["type"] == "stage"] == ["outline", "content", "style"]
+    assert sorted(m.index for m in messages if isinstance(m, SectionWritten)) == [0, 1, 2]
+    assert [m.stage for m in messages if isinstance(m, StageStarted)] == ["outline", "content", "style"]
     assert provider.calls == {"outline": 1, "section": 3, "style": 1}
 
 
@@ -125,5 +126,5 @@ def test_an_unexpected_exception_ends_the_job_without_leaking_its_text(serve_app
 
 async def test_call_llm_returns_the_whole_reply_for_callers_that_do_not_stream() -> None:
     provider = ScriptedProvider({"style": ["One reply, streamed in pieces."]})
-    llm = LLM(provider, timeout_s=5, stream_attempts=1)
+    llm = LLM(provider, timeout_s=5, stream_attempts=1, max_calls=10)
     assert await call_llm(llm, style_prompt("Tea", "draft")) == "One reply, streamed in pieces."
