@@ -19,6 +19,8 @@ from typing import Any
 from locust import HttpUser, between, task
 from requests import RequestException
 
+from pipeline.contract import TERMINAL_EVENTS
+
 TOPICS = (
     "Home composting",
     "Rainwater harvesting",
@@ -26,7 +28,6 @@ TOPICS = (
     "Sourdough baking",
     "Bicycle maintenance",
 )
-TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 # (connect, read): read is per gap between bytes, and heartbeats keep a quiet stream alive
 STREAM_TIMEOUT_S = (10.0, 60.0)
 
