@@ -1,4 +1,7 @@
-"""Who is calling: bearer tokens (compared in constant time) and the client's address."""
+"""Who is calling: bearer tokens (compared in constant time) and the client's address.
+
+Also the start-up warning for a paid key that anyone can reach.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +54,15 @@ def client_address(conn: HTTPConnection, settings: Settings) -> str:
     return str(hops[0]) if hops else peer
 
 
+def exposure_warning(settings: Settings) -> str | None:
+    """A warning when anyone who can reach the service can spend the Anthropic key, else None."""
+    if settings.provider != "anthropic" or settings.api_tokens or _loopback(settings.host):
+        return None
+    return (f"An Anthropic key is configured, API_TOKENS is unset and HOST is {settings.host}, so "
+            "anyone who can reach the service can spend the Anthropic key; set API_TOKENS to "
+            "require a bearer token.")
+
+
 def _bearer(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer":
@@ -73,6 +85,11 @@ def _ip(value: str) -> IPAddress | None:
         return None
     # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; one client, one address.
     return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _loopback(host: str) -> bool:
+    ip = _ip(host)
+    return ip.is_loopback if ip else host.strip().lower() == "localhost"
 
 
 def _trusted(ip: IPAddress | None, settings: Settings) -> bool:

@@ -1,13 +1,15 @@
-"""Who the client is behind proxies."""
+"""Who the client is behind proxies, and the warning for a paid key anyone can reach."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import ip_network
+from typing import Any
 
 import pytest
 from starlette.requests import Request
 
-from api.access import client_address
+from api.access import client_address, exposure_warning
 from pipeline.settings import Settings
 
 BEHIND_PROXIES = Settings(trusted_proxies=(ip_network("10.0.0.0/8"), ip_network("fdaa::/16")))
@@ -67,3 +69,40 @@ def test_client_address(peer: str | None, headers: dict[str, str], client: str) 
 def test_no_header_is_believed_without_trusted_proxies() -> None:
     headers = {"fly-client-ip": "198.51.100.1", "x-forwarded-for": "198.51.100.2"}
     assert client_address(request("10.0.0.2", headers), Settings()) == "10.0.0.2"
+
+
+# A real key, no tokens, on every interface: each test changes one of those.
+EXPOSED = Settings(llm_provider="anthropic", anthropic_api_key="sk-test", host="0.0.0.0")
+
+
+def exposed(**changes: Any) -> Settings:
+    return replace(EXPOSED, **changes)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "fly-local-6pn", "example.org"])
+def test_exposure_warning_for_a_reachable_open_key(host: str) -> None:
+    warning = exposure_warning(exposed(host=host))
+    assert warning is not None
+    assert "anyone who can reach the service can spend the Anthropic key" in warning
+    assert "set API_TOKENS" in warning
+    assert "sk-test" not in warning
+
+
+def test_exposure_warning_when_auto_picks_anthropic() -> None:
+    assert exposure_warning(exposed(llm_provider="auto")) is not None
+
+
+@pytest.mark.parametrize("changes", [
+    {"llm_provider": "offline"},
+    {"llm_provider": "auto", "anthropic_api_key": None},
+    {"api_tokens": ("secret-token",)},
+    {"host": "127.0.0.1"},
+    {"host": "127.8.9.10"},
+    {"host": "::1"},
+    {"host": "::ffff:127.0.0.1"},
+    {"host": "localhost"},
+    {"host": "LocalHost"},
+], ids=["offline", "auto-without-key", "tokens-set", "loopback-v4", "loopback-v4-range",
+        "loopback-v6", "loopback-v4-mapped", "localhost", "localhost-any-case"])
+def test_no_exposure_warning(changes: dict[str, Any]) -> None:
+    assert exposure_warning(exposed(**changes)) is None
