@@ -1,4 +1,7 @@
-"""Who is calling: bearer tokens (compared in constant time) and the client's address."""
+"""Who is calling: bearer tokens (compared in constant time) and the client's address.
+
+Also the start-up warning for a paid key that anyone can reach.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from starlette.requests import HTTPConnection
 from pipeline.settings import Settings
 
 from .errors import ApiError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def owner_of(conn: HTTPConnection, settings: Settings, *, allow_query: bool = False) -> str | None:
@@ -31,16 +36,31 @@ def owner_of(conn: HTTPConnection, settings: Settings, *, allow_query: bool = Fa
 
 
 def client_address(conn: HTTPConnection, settings: Settings) -> str:
-    """The client's IP; X-Forwarded-For is believed only from a trusted proxy."""
+    """The client's IP; Fly-Client-IP and X-Forwarded-For are believed only from a trusted proxy."""
     peer = conn.client.host if conn.client else "unknown"
-    if not settings.trusted_proxies or not _trusted(peer, settings):
+    if not _trusted(_ip(peer), settings):
         return peer
+    # Fly's proxy sets Fly-Client-IP itself, so it wins over a chain the client may have begun.
+    if fly_client := _ip(conn.headers.get("fly-client-ip", "")):
+        return str(fly_client)
     # Walk the chain from the nearest hop; the first untrusted address is the client.
-    hops = [hop.strip() for hop in conn.headers.get("x-forwarded-for", "").split(",") if hop.strip()]
+    header = conn.headers.get("x-forwarded-for", "")
+    hops = [_ip(hop) for hop in header.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _trusted(hop, settings):
-            return hop
-    return hops[0] if hops else peer
+            # Not an IP where the client should be: nothing in the chain can be believed.
+            return str(hop) if hop else peer
+    # Every hop is a trusted proxy: the farthest is the nearest to the client we can see.
+    return str(hops[0]) if hops else peer
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """A warning when anyone who can reach the service can spend the Anthropic key, else None."""
+    if settings.provider != "anthropic" or settings.api_tokens or _loopback(settings.host):
+        return None
+    return (f"An Anthropic key is configured, API_TOKENS is unset and HOST is {settings.host}, so "
+            "anyone who can reach the service can spend the Anthropic key; set API_TOKENS to "
+            "require a bearer token.")
 
 
 def _bearer(header: str) -> str | None:
@@ -58,9 +78,19 @@ def _known(token: str, tokens: tuple[str, ...]) -> bool:
     return found
 
 
-def _trusted(address: str, settings: Settings) -> bool:
+def _ip(value: str) -> IPAddress | None:
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(value.strip())
     except ValueError:
-        return False
-    return any(ip in network for network in settings.trusted_proxies)
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; one client, one address.
+    return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _loopback(host: str) -> bool:
+    ip = _ip(host)
+    return ip.is_loopback if ip else host.strip().lower() == "localhost"
+
+
+def _trusted(ip: IPAddress | None, settings: Settings) -> bool:
+    return ip is not None and any(ip in network for network in settings.trusted_proxies)

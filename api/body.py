@@ -15,6 +15,7 @@ from .errors import ApiError
 
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
+_MAX_FORM_FIELDS = 20
 # Line and paragraph separators break lines as surely as CR and LF do.
 _FORBIDDEN = {"\u2028", "\u2029"}
 
@@ -27,19 +28,11 @@ async def read_submit(request: Request, settings: Settings) -> dict[str, Any]:
                        f"Send the job as {_JSON} or {_FORM}, not {media_type or 'no content type'}.")
     body = await _read_capped(request, settings.max_body_bytes)
     if media_type == _JSON:
-        try:
-            fields = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "malformed_body", "The body is not valid JSON.") from None
+        fields = _parse_json(body)
         if not isinstance(fields, dict):
-            raise ApiError(400, "malformed_body", 'The body must be a JSON object like {"topic": "..."}.')
+            raise _malformed('The body must be a JSON object like {"topic": "..."}.')
         return fields
-    try:
-        form = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
-                        max_num_fields=20)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_body", "The body is not a valid UTF-8 form.") from None
-    return {name: values[0] for name, values in form.items()}
+    return _parse_form(body)
 
 
 def valid_topic(value: Any, settings: Settings) -> str:
@@ -72,3 +65,49 @@ async def _read_capped(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _malformed(message: str) -> ApiError:
+    return ApiError(400, "malformed_body", message)
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        # RFC 8259: JSON travels as UTF-8, and a reader may skip a byte order mark. json.loads
+        # on bytes would also take UTF-16 and UTF-32, and UTF-8-encoded lone surrogates.
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _malformed("The body is not valid UTF-8.") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        # The decoder recurses once per [ or {, so a few KiB of them exhaust the stack limit.
+        raise _malformed("The body is nested too deeply to read.") from None
+    except json.JSONDecodeError as exc:
+        raise _malformed(f"The body is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno}.") from None
+    except ValueError:
+        # int() refuses numbers longer than sys.get_int_max_str_digits() (4,300 digits).
+        raise _malformed("The body holds a number with too many digits to read.") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and a response could not carry them back (allow_nan=False).
+    raise _malformed(f"The body is not valid JSON: {name} is not a JSON number.")
+
+
+def _parse_form(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _malformed("The body is not valid UTF-8.") from None
+    if text.count("&") >= _MAX_FORM_FIELDS:
+        raise _malformed(f"The form has more than {_MAX_FORM_FIELDS} fields.")
+    try:
+        # errors="strict": a %-escape that is not UTF-8 is refused, not turned into U+FFFD.
+        form = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except UnicodeDecodeError:
+        raise _malformed("The form holds a %-escape that is not UTF-8.") from None
+    except ValueError:
+        raise _malformed("The body is not a form of name=value pairs joined by &.") from None
+    return {name: values[0] for name, values in form.items()}

@@ -72,6 +72,20 @@ BAD_BODIES = [
     ("missing", b"{}", "application/json", 422, "invalid_topic"),
     ("empty-form", b"topic=", "application/x-www-form-urlencoded", 422, "invalid_topic"),
     ("form-nul", b"topic=a%00b", "application/x-www-form-urlencoded", 422, "invalid_topic"),
+    # Left open to fit the 1 KiB cap: too deep for the stack, and invalid JSON where it is not.
+    ("deep-array", b'{"topic": ' + b"[" * 1000, "application/json", 400, "malformed_body"),
+    ("nan", b'{"topic": NaN}', "application/json", 400, "malformed_body"),
+    ("utf-16", '{"topic": "x"}'.encode("utf-16"), "application/json", 400, "malformed_body"),
+    ("utf8-surrogate", b'{"topic": "a\xed\xa0\x80b"}', "application/json", 400, "malformed_body"),
+    ("lone-surrogate-escape", b'{"topic": "a\\ud800b"}', "application/json", 422, "invalid_topic"),
+    ("form-not-utf8", b"topic=\xff", "application/x-www-form-urlencoded", 400, "malformed_body"),
+    ("form-escape-not-utf8", b"topic=%ff", "application/x-www-form-urlencoded", 400,
+     "malformed_body"),
+    ("form-surrogate-escape", b"topic=%ED%A0%80", "application/x-www-form-urlencoded", 400,
+     "malformed_body"),
+    ("form-no-equals", b"topic", "application/x-www-form-urlencoded", 400, "malformed_body"),
+    ("form-many-fields", b"&".join([b"a=1"] * 21), "application/x-www-form-urlencoded", 400,
+     "malformed_body"),
 ]
 
 
