@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from api import routes
+from api.access import exposure_warning
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import AccessLog, JsonCORSMiddleware, SecurityHeaders
 from api.ratelimit import RateLimiter
@@ -138,6 +139,8 @@ def main() -> None:
     except SettingsError as exc:
         raise SystemExit(f"articlestream: {exc}") from None
     configure_logging(settings.log_level)
+    if warning := exposure_warning(settings):
+        logger.warning(warning)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

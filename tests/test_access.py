@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import ip_network
 from typing import Any
@@ -106,3 +108,13 @@ def test_exposure_warning_when_auto_picks_anthropic() -> None:
         "loopback-v6", "loopback-v4-mapped", "localhost", "localhost-any-case"])
 def test_no_exposure_warning(changes: dict[str, Any]) -> None:
     assert exposure_warning(exposed(**changes)) is None
+
+
+def test_python_app_py_logs_the_warning_once_at_start(start_server: Callable[..., Any]) -> None:
+    # Listening on every address is safe here: the test only talks to 127.0.0.1.
+    server = start_server(HOST="0.0.0.0", LLM_PROVIDER="anthropic", ANTHROPIC_API_KEY="sk-test")
+    warnings = [json.loads(line) for line in server.log().splitlines()
+                if json.loads(line)["level"] == "WARNING"]
+    assert [line["message"] for line in warnings] == [exposure_warning(Settings(
+        host="0.0.0.0", llm_provider="anthropic", anthropic_api_key="sk-test"))]
+    assert "sk-test" not in server.log()
