@@ -57,31 +57,34 @@ class JobEvents:
                                              progress=job.progress))
 
     async def finish(self, job: Job, status: JobStatus, error: JobErrorBody | None = None, *,
-                     article: str | None = None) -> None:
-        """End the job with its one terminal event; a job that has ended stays as it is."""
+                     article: str | None = None, only_if: JobStatus | None = None) -> bool:
+        """End the job with its one terminal event; False if it had already ended (or its
+        stored status is not `only_if`), and then nothing changes."""
         if job.terminal:
-            return
+            return False
         job.finish(status, error=error, article=article)
-        await self.store.save(job)
+        data: Event
         if status is JobStatus.succeeded:
-            await self._publish(job, DoneEvent(**dict(job.public())))
+            data = DoneEvent(**dict(job.public()))
         elif error is None:
             raise ValueError(f"A {status.value} job needs an error.")
         elif status is JobStatus.cancelled:
-            await self._publish(job, CancelledEvent(code="cancelled", message=error.message))
+            data = CancelledEvent(code="cancelled", message=error.message)
         else:
-            await self._publish(job, ErrorEvent(code=error.code, message=error.message))
+            data = ErrorEvent(code=error.code, message=error.message)
+        if not await self.store.finish(job, data, only_if=only_if):
+            return False
         code = error.code if error else ""
         self.metrics.jobs_finished.labels(status.value, code).inc()
         if job.started_at is not None and job.finished_at is not None:
             self.metrics.job_seconds.labels(status.value).observe(job.finished_at - job.started_at)
         logger.info("job %s%s", status.value, f" ({code})" if code else "", extra={"job_id": job.id})
+        return True
 
     async def pump(self, job: Job, queue: asyncio.Queue[Report]) -> None:
         """Apply the nodes' reports to the job until the flow has ended."""
         coalescer = DeltaCoalescer(self.settings.delta_interval_ms / 1000)
         stage_started = time.monotonic()
-        completed = 0
         while True:
             wait = coalescer.next_due(time.monotonic())
             try:
@@ -104,8 +107,7 @@ class JobEvents:
                     # The section's held text goes first: its deltas all come before it.
                     if held := coalescer.flush((Stage.content, index), time.monotonic()):
                         await self._publish(job, held)
-                    completed += 1
-                    await self._section(job, report, completed)
+                    await self._section(job, report)
                 case StageStarted(stage, message):
                     if stage is not job.stage:
                         self._observe_stage(job, stage_started)
@@ -126,7 +128,9 @@ class JobEvents:
                         await self._publish(job, delta)
                     return
 
-    async def _section(self, job: Job, section: SectionWritten, completed: int) -> None:
+    async def _section(self, job: Job, section: SectionWritten) -> None:
+        job.contents[section.index] = section.content  # saved: a resumed job keeps it
+        completed = len(job.contents)
         total = len(job.sections or ())
         span = STAGE_PROGRESS[Stage.style] - STAGE_PROGRESS[Stage.content]
         job.advance(job.stage, STAGE_PROGRESS[Stage.content] + span * completed // total)

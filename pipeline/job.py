@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from . import payloads
@@ -43,10 +43,17 @@ class Job:
     sections: list[str] | None = None
     article: str | None = None
     error: JobErrorBody | None = None
+    #: the text of each finished section by index: what a job resumed elsewhere need not redo
+    contents: dict[int, str] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    def copy(self) -> Job:
+        """A copy to change without touching this one (a store never hands out what it holds)."""
+        return replace(self, sections=None if self.sections is None else list(self.sections),
+                       contents=dict(self.contents))
 
     def start(self) -> None:
         if self.status is not JobStatus.queued:

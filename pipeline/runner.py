@@ -88,11 +88,12 @@ class JobRunner:
             raise NotCancellable(job.status.value)
         if job.terminal:
             return job
-        if job_id in self._waiting:
-            del self._waiting[job_id]  # its place goes back at once
-            await self.events.finish(job, JobStatus.cancelled, CANCELLED)
+        if job.status is JobStatus.queued and await self.events.finish(
+                job, JobStatus.cancelled, CANCELLED, only_if=JobStatus.queued):
+            self._waiting.pop(job_id, None)  # its place in the queue goes back at once
             self._update_gauges()
             return job
+        # It is running (or has just started): stop it where it runs.
         if scope := self._running.get(job_id):
             scope.cancel()
         return await self.wait_terminal(job_id, timeout_s=CANCEL_WAIT_S)

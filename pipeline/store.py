@@ -22,9 +22,16 @@ class JobStore(Protocol):
     async def add(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
         """Store a new job; `idempotency` is (key, body fingerprint) within its owner."""
 
-    async def get(self, job_id: str) -> Job | None: ...
+    async def get(self, job_id: str) -> Job | None:
+        """A copy of the stored job: changing it changes nothing until it is saved."""
 
-    async def save(self, job: Job) -> None: ...
+    async def save(self, job: Job) -> None:
+        """Store the running job's new state (the runner's only)."""
+
+    async def finish(self, job: Job, data: payloads.Event, *,
+                     only_if: JobStatus | None = None) -> bool:
+        """Store the ended job and append its terminal event, as one step; False (and nothing
+        written) if the job has already ended, or its stored status is not `only_if`."""
 
     async def find_idempotent(self, owner: str | None, key: str) -> tuple[Job, str] | None:
         """The job made earlier with this key, and the fingerprint of its body."""
@@ -75,24 +82,32 @@ class MemoryJobStore:
     async def add(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
         while len(self._entries) >= self.max_jobs and self._finished:
             self._forget(next(iter(self._finished)))
-        self._entries[job.id] = _Entry(job, idempotency=idempotency)
+        self._entries[job.id] = _Entry(job.copy(), idempotency=idempotency)
         if idempotency is not None:
             self._idempotency[(job.owner, idempotency[0])] = job.id
 
     async def get(self, job_id: str) -> Job | None:
         entry = self._entries.get(job_id)
-        return entry.job if entry else None
+        return entry.job.copy() if entry else None
 
     async def save(self, job: Job) -> None:
-        # In memory the runner already holds the stored object; a shared backend writes here.
-        self._entries[job.id].job = job
+        self._entries[job.id].job = job.copy()
+
+    async def finish(self, job: Job, data: payloads.Event, *,
+                     only_if: JobStatus | None = None) -> bool:
+        entry = self._entries.get(job.id)
+        if entry is None or entry.job.terminal or only_if not in (None, entry.job.status):
+            return False
+        entry.job = job.copy()
+        await self.append(job.id, data)
+        return True
 
     async def find_idempotent(self, owner: str | None, key: str) -> tuple[Job, str] | None:
         job_id = self._idempotency.get((owner, key))
         entry = self._entries.get(job_id) if job_id else None
         if entry is None or entry.idempotency is None:
             return None
-        return entry.job, entry.idempotency[1]
+        return entry.job.copy(), entry.idempotency[1]
 
     async def list_jobs(self, owner: str | None, *, status: JobStatus | None, limit: int,
                         before: str | None) -> list[Job]:
@@ -100,7 +115,7 @@ class MemoryJobStore:
             return []
         jobs = (job for job in self._newest_first(before)
                 if job.owner == owner and (status is None or job.status is status))
-        return list(islice(jobs, limit))
+        return [job.copy() for job in islice(jobs, limit)]
 
     def _newest_first(self, before: str | None) -> Iterator[Job]:
         """Jobs newest first, starting after `before`: a walk, never a sort."""

@@ -30,8 +30,7 @@ async def add_job(store: MemoryJobStore, topic: str, *, finished: bool = False) 
 
 async def finish(store: MemoryJobStore, job: Job) -> None:
     job.finish(JobStatus.cancelled)
-    await store.save(job)
-    await store.append(job.id, CancelledEvent(code="cancelled", message="Cancelled."))
+    assert await store.finish(job, CancelledEvent(code="cancelled", message="Cancelled."))
 
 
 async def test_ids_count_from_one_without_gaps() -> None:
@@ -89,4 +88,30 @@ async def test_expire_forgets_finished_jobs_past_their_ttl_only() -> None:
     assert await store.expire(time.time()) == 0
     assert await store.expire(time.time() + 11) == 1
     assert await store.get(done.id) is None
-    assert await store.get(running.id) is running
+    assert await store.get(running.id) == running
+
+
+async def test_finish_happens_once_and_only_from_the_status_asked_for() -> None:
+    store = MemoryJobStore(ttl_s=60, max_jobs=10)
+    job = await add_job(store, "a")
+    running = job.copy()
+    running.start()
+    await store.save(running)
+    cancelled = job.copy()
+    cancelled.finish(JobStatus.cancelled)
+    event = CancelledEvent(code="cancelled", message="Cancelled.")
+    assert not await store.finish(cancelled, event, only_if=JobStatus.queued)
+    assert (await store.get(job.id)).status is JobStatus.running  # type: ignore[union-attr]
+    assert await store.finish(cancelled, event, only_if=JobStatus.running)
+    assert not await store.finish(cancelled, event)
+    events = await store.read(job.id, 0, timeout_s=0)
+    assert [e.type for e in events or ()] == ["status", "cancelled"]
+
+
+async def test_the_store_hands_out_copies() -> None:
+    store = MemoryJobStore(ttl_s=60, max_jobs=10)
+    job = await add_job(store, "a")
+    fetched = await store.get(job.id)
+    assert fetched is not None and fetched is not job
+    fetched.start()
+    assert (await store.get(job.id)).status is JobStatus.queued  # type: ignore[union-attr]
