@@ -71,7 +71,8 @@ class GenerateOutline(AsyncNode):
 
 
 class WriteContent(AsyncNode):
-    """Writes every section concurrently (bounded per job); each is reported once written."""
+    """Writes every section not yet written, concurrently (bounded per job); each is reported
+    once written."""
 
     def __init__(self, llm: LLM, settings: Settings) -> None:
         super().__init__()
@@ -79,14 +80,14 @@ class WriteContent(AsyncNode):
         self.concurrency = settings.section_concurrency
         self.words = settings.section_words
 
-    async def prep_async(self, shared: Shared) -> tuple[str, list[str], Reports]:
+    async def prep_async(self, shared: Shared) -> tuple[str, list[str], dict[int, str], Reports]:
         queue: Reports = shared["sse_queue"]
         await queue.put(StageStarted(Stage.content, "Writing the sections"))
-        return str(shared["topic"]), list(shared["sections"]), queue
+        return str(shared["topic"]), list(shared["sections"]), dict(shared["contents"]), queue
 
-    async def exec_async(self, prep: tuple[str, list[str], Reports]) -> list[str]:
-        topic, sections, queue = prep
-        contents = [""] * len(sections)
+    async def exec_async(self, prep: tuple[str, list[str], dict[int, str], Reports]) -> list[str]:
+        topic, sections, written, queue = prep
+        contents = [written.get(index, "") for index in range(len(sections))]
         limiter = anyio.CapacityLimiter(self.concurrency)
 
         async def write(index: int, title: str) -> None:
@@ -107,7 +108,8 @@ class WriteContent(AsyncNode):
         try:
             async with anyio.create_task_group() as tg:
                 for index, title in enumerate(sections):
-                    tg.start_soon(write, index, title)
+                    if index not in written:  # a resumed job keeps the sections it has
+                        tg.start_soon(write, index, title)
         except ExceptionGroup as group:
             raise _first_error(group) from None
         return contents

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from app import create_app
+from pipeline.contract import Stage
 from pipeline.errors import BadOutline, JobError, LLMError
-from pipeline.flow import build_flow, new_shared
+from pipeline.flow import build_flow, new_shared, resume_stage
 from pipeline.llm import LLM, call_llm
 from pipeline.messages import Report, SectionWritten, StageStarted
 from pipeline.outline import parse_outline
@@ -128,3 +129,20 @@ async def test_call_llm_returns_the_whole_reply_for_callers_that_do_not_stream()
     provider = ScriptedProvider({"style": ["One reply, streamed in pieces."]})
     llm = LLM(provider, timeout_s=5, stream_attempts=1, max_calls=10)
     assert await call_llm(llm, style_prompt("Tea", "draft")) == "One reply, streamed in pieces."
+
+
+async def test_a_resumed_flow_runs_only_what_is_left() -> None:
+    provider = ScriptedProvider({"style": ["Styled."]})
+    config = Settings(llm_provider="offline")
+    queue: asyncio.Queue[Report] = asyncio.Queue()
+    sections = ["Alpha", "Beta", "Gamma"]
+    assert resume_stage(None, {}) == "outline"
+    assert resume_stage(sections, {0: "Kept."}) == "content"
+    assert resume_stage(sections, {0: "a", 1: "b", 2: "c"}) == "style"
+    shared = new_shared("Home composting", queue, sections=sections, contents={0: "Kept."})
+    await build_flow(LLM.from_settings(provider, config), config, start=Stage.content).run_async(shared)
+    assert provider.calls == {"section": 2, "style": 1}
+    assert "## Alpha\n\nKept." in shared["draft"]
+    written = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert sorted(m.index for m in written if isinstance(m, SectionWritten)) == [1, 2]
+    assert shared["final_article"] == "Styled."
