@@ -2,9 +2,11 @@
 
 It is OpenAPI 3.2 because 3.2's `itemSchema` describes one event of a `text/event-stream`:
 each event's `data` names its JSON with `contentMediaType` and `contentSchema`, so a fuzzer
-checks every event a stream sends, not only the status line. Request errors are declared once
-(`ERRORS`) and attached to operations by code, so each documented status also pins the codes
-it may carry.
+checks every event a stream sends, not only the status line. The job, the job list and each
+event's `data` are generated from the models in `pipeline/payloads.py`, which the service
+serialises, and every contract word comes from `pipeline/contract.py`; so neither can drift
+from what is sent. Request errors are declared once (`ERRORS`) and attached to operations by
+code, so each documented status also pins the codes it may carry.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from copy import deepcopy
 from functools import cache
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from pipeline import contract
+from pipeline.payloads import Event, Job, JobList
 from pipeline.settings import Settings
 
 __all__ = ["openapi_document"]
@@ -21,24 +28,12 @@ __all__ = ["openapi_document"]
 Json = dict[str, Any]
 
 DEFAULT_MAX_TOPIC_CHARS = Settings.max_topic_chars
-MAX_PREFER_WAIT_S = 60
-JOB_ID_PATTERN = "^j_[A-Za-z0-9_-]{22}$"
+SCHEMA_REF = "#/components/schemas/{model}"
 # Empty counts as no id at all, as when EventSource has none yet.
 EVENT_ID_PATTERN = "^([0-9]{1,18})?$"
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-JOB_STAGES = ("queued", "outline", "content", "style", "done")
-JOB_ERROR_CODES = (
-    "bad_outline", "llm_auth", "llm_rate_limited", "llm_overloaded", "llm_timeout",
-    "llm_error", "timeout", "shutdown", "worker_lost", "internal_error", "cancelled",
-)
-# Event name -> the component schema of its `data` JSON.
-EVENT_PAYLOADS = {
-    "status": "StatusEvent", "outline": "OutlineEvent", "progress": "ProgressEvent",
-    "delta": "DeltaEvent", "section": "SectionEvent",
-    "done": "DoneEvent", "error": "JobError", "cancelled": "CancelledEvent",
-}
-TERMINAL_EVENTS = ("done", "error", "cancelled")
+_JOB_ID = contract.JOB_ID_PATTERN.strip("^$")
+#: every event's `data` model, in the contract's order; one whose name the contract lacks fails here
+EVENTS = sorted(Event.__subclasses__(), key=lambda model: contract.EVENT_TYPES.index(model.event))
 
 # code -> (status, when it happens): every request error the service answers with.
 ERRORS: dict[str, tuple[int, str]] = {
@@ -46,7 +41,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "invalid_idempotency_key": (400, "`Idempotency-Key` is not 1..200 printable ASCII characters"),
     "invalid_last_event_id": (400, "`Last-Event-ID` or `last_event_id` is not an event id"),
     "invalid_cursor": (400, "`cursor` is not one this service handed out"),
-    "invalid_limit": (400, "`limit` is not a whole number from 1 to 100"),
+    "invalid_limit": (400, f"`limit` is not a whole number from 1 to {contract.MAX_PAGE}"),
     "invalid_status": (400, "`status` is not a job status"),
     "cors_refused": (400, "a CORS preflight from an origin, method or header not allowed"),
     "unauthorized": (401, "`API_TOKENS` is set and the bearer token (or `?token=`) is missing "
@@ -81,8 +76,7 @@ def topic_pattern(max_chars: int) -> str:
         rf"(?:[^{_CONTROL}]{{0,{max_chars - 2}}}[^{_TRIMMED}{_CONTROL}])?[{_TRIMMED}]*$"
     )
 
-_PROGRESS: Json = {"type": "integer", "minimum": 0, "maximum": 100}
-_INDEX: Json = {"type": "integer", "minimum": 0}
+
 _STRING: Json = {"type": "string"}
 _RETRY_AFTER: Json = {
     "description": "Seconds to wait before trying again.",
@@ -97,7 +91,7 @@ _WWW_AUTHENTICATE: Json = {
 _LOCATION: Json = {
     "description": "The job's URL, `/api/jobs/{id}`.",
     "required": True,
-    "schema": {"type": "string", "pattern": "^/api/jobs/" + JOB_ID_PATTERN.removeprefix("^")},
+    "schema": {"type": "string", "pattern": f"^/api/jobs/{_JOB_ID}$"},
 }
 # Stateful testing follows these from a job to the operations on it.
 _JOB_LINKS: Json = {
@@ -108,7 +102,7 @@ _JOB_LINKS: Json = {
 
 
 def _ref(name: str) -> Json:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": SCHEMA_REF.format(model=name)}
 
 
 def _param(name: str) -> Json:
@@ -153,8 +147,22 @@ def _job_response(description: str, *, location: bool = True) -> Json:
     return response
 
 
+def _payload_schemas() -> Json:
+    """The job, the job list and each event's `data` as the service serialises them, with
+    the types they name (JobErrorBody, Links, JobStatus, Stage), keyed by class name.
+    Pydantic's titles only repeat the class and field names, so they are left out."""
+    models: list[type[BaseModel]] = [Job, JobList, *EVENTS]
+    _, generated = models_json_schema([(model, "serialization") for model in models],
+                                      ref_template=SCHEMA_REF)
+    schemas: Json = generated["$defs"]
+    for schema in schemas.values():
+        schema.pop("title", None)
+        for field in schema.get("properties", {}).values():
+            field.pop("title", None)
+    return schemas
+
+
 def _schemas(max_topic_chars: int) -> Json:
-    nullable_time: Json = {"type": ["string", "null"], "format": "date-time"}
     return {
         "Topic": {
             "type": "string",
@@ -165,82 +173,26 @@ def _schemas(max_topic_chars: int) -> Json:
             "examples": ["Home composting"],
         },
         "JobRequest": _object({"topic": _ref("Topic")}),
-        "Job": _object({
-            "id": {"type": "string", "pattern": JOB_ID_PATTERN,
-                   "description": "Opaque and URL-safe, with 128 bits of randomness."},
-            "topic": _STRING,
-            "status": {"enum": list(JOB_STATUSES)},
-            "stage": {"enum": list(JOB_STAGES)},
-            "progress": {**_PROGRESS, "description": "0..100; it never decreases."},
-            "created_at": {"type": "string", "format": "date-time"},
-            "started_at": nullable_time,
-            "finished_at": nullable_time,
-            "sections": {"type": ["array", "null"], "items": _STRING,
-                         "description": "The section titles, once the outline exists."},
-            "article": {"type": ["string", "null"],
-                        "description": "The styled article (markdown), once the job succeeded."},
-            "error": {"oneOf": [_ref("JobError"), {"type": "null"}],
-                      "description": "Why the job failed or was cancelled."},
-            "links": _object({"self": _STRING, "events": _STRING}),
-        }),
-        "JobError": _object({"code": {"enum": list(JOB_ERROR_CODES)}, "message": _STRING}),
-        "JobList": _object({
-            "jobs": {"type": "array", "items": _ref("Job"), "description": "Newest first."},
-            "next_cursor": {"type": ["string", "null"],
-                            "description": "The `cursor` of the next page; null on the last."},
-        }),
+        **_payload_schemas(),
         "ErrorBody": _object({
             "code": {"type": "string", "pattern": "^[a-z][a-z0-9]*(_[a-z0-9]+)*$"},
             "message": {"type": "string", "description": "One human sentence."},
         }),
         "Error": _object({"error": _ref("ErrorBody")}),
-        **_event_schemas(),
-    }
-
-
-def _event_schemas() -> Json:
-    """The JSON of each event's `data` line, and the event itself."""
-    delta = _object({"stage": {"enum": ["content", "style"]},
-                     "index": {"type": ["integer", "null"]},
-                     "text": _STRING, "reset": {"type": "boolean"}})
-    return {
-        "StatusEvent": _object({"status": {"enum": ["queued", "running"]},
-                                "stage": {"enum": list(JOB_STAGES)}, "progress": _PROGRESS}),
-        "OutlineEvent": _object({"sections": {"type": "array", "items": _STRING, "minItems": 1},
-                                 "progress": _PROGRESS}),
-        "ProgressEvent": _object({"stage": {"enum": ["outline", "content", "style", "done"]},
-                                  "progress": _PROGRESS, "message": _STRING}),
-        "DeltaEvent": {
-            **delta,
-            "description": ("Appends `text` to a section (`content` and its 0-based `index`) or "
-                            "to the styled article (`style`, `index` null); `reset` drops the "
-                            "text held for that part first."),
-            "oneOf": [
-                {"properties": {"stage": {"const": "content"}, "index": _INDEX}},
-                {"properties": {"stage": {"const": "style"}, "index": {"type": "null"}}},
-            ],
-        },
-        "SectionEvent": _object({"index": _INDEX, "title": _STRING, "content": _STRING,
-                                 "completed": {"type": "integer", "minimum": 1},
-                                 "total": {"type": "integer", "minimum": 1},
-                                 "progress": _PROGRESS}),
-        "DoneEvent": {"allOf": [_ref("Job")],
-                      "properties": {"status": {"const": "succeeded"}, "article": _STRING}},
-        "CancelledEvent": _object({"code": {"const": "cancelled"}, "message": _STRING}),
         "StreamEvent": {
             **_object({
                 "id": {"type": "string", "pattern": "^[1-9][0-9]*$",
                        "description": "The job's own sequence number: 1, 2, 3, ... with no gaps."},
-                "event": {"enum": list(EVENT_PAYLOADS)},
+                "event": {"enum": [model.event for model in EVENTS]},
                 "data": {"type": "string",
                          "description": "One line of JSON; its shape depends on `event`."},
             }),
             "description": "One event as an SSE parser reads it.",
             "oneOf": [
-                {"properties": {"event": {"const": event},
+                {"properties": {"event": {"const": model.event},
                                 "data": {"contentMediaType": "application/json",
-                                         "contentSchema": _ref(schema)}}}
-                for event, schema in EVENT_PAYLOADS.items()
+                                         "contentSchema": _ref(model.__name__)}}}
+                for model in EVENTS
             ],
         },
     }
@@ -250,7 +202,7 @@ def _parameters() -> Json:
     event_id = {"type": "string", "pattern": EVENT_ID_PATTERN}
     return {
         "JobId": {"name": "id", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": JOB_ID_PATTERN}},
+                  "schema": {"type": "string", "pattern": contract.JOB_ID_PATTERN}},
         "IdempotencyKey": {
             "name": "Idempotency-Key", "in": "header",
             "description": ("The same key with the same body returns the same job (200); "
@@ -259,9 +211,9 @@ def _parameters() -> Json:
         },
         "Prefer": {
             "name": "Prefer", "in": "header",
-            "description": (f"`wait=N` (N is capped at {MAX_PREFER_WAIT_S}): hold the answer up "
-                            "to N seconds, and return 201 with the finished job if it ends by "
-                            "then. Other preferences are ignored (RFC 7240)."),
+            "description": (f"`wait=N` (N is capped at {contract.MAX_PREFER_WAIT_S}): hold the "
+                            "answer up to N seconds, and return 201 with the finished job if it "
+                            "ends by then. Other preferences are ignored (RFC 7240)."),
             "schema": _STRING,
             "examples": {"wait": {"value": "wait=5"}},
         },
@@ -279,22 +231,24 @@ def _parameters() -> Json:
         # An empty `status` or `cursor` counts as not given, as an HTML form sends it.
         "Status": {"name": "status", "in": "query",
                    "description": "Only jobs in this status; empty means any.",
-                   "schema": {"enum": [*JOB_STATUSES, ""]}},
-        "Limit": {"name": "limit", "in": "query", "description": "Page size (default 20).",
-                  "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                   "schema": {"enum": [*(status.value for status in contract.JobStatus), ""]}},
+        "Limit": {"name": "limit", "in": "query", "description": "Page size.",
+                  "schema": {"type": "integer", "minimum": 1, "maximum": contract.MAX_PAGE,
+                             "default": contract.DEFAULT_PAGE}},
         "Cursor": {"name": "cursor", "in": "query",
                    "description": ("`next_cursor` of the previous page; an unknown one gets 400, "
                                    "an empty one means the first page."),
-                   "schema": {"type": "string",
-                              "pattern": f"^({JOB_ID_PATTERN.strip('^$')})?$"}},
+                   "schema": {"type": "string", "pattern": f"^({_JOB_ID})?$"}},
     }
 
 
 def _stream_response() -> Json:
+    terminal = sorted(contract.TERMINAL_EVENTS)
     return {
-        "description": ("The job's events; the stream ends after the terminal event (`done`, "
-                        "`error` or `cancelled`). It opens with `retry: 2000`, and "
-                        "`: keep-alive` comments go out while nothing happens."),
+        "description": ("The job's events; the stream ends after its terminal event, one of "
+                        + ", ".join(f"`{event}`" for event in terminal)
+                        + ". It opens with `retry: 2000`, and `: keep-alive` comments go out "
+                        "while nothing happens."),
         "headers": {
             "Cache-Control": {"required": True, "schema": {"const": "no-store"}},
             "X-Accel-Buffering": {"required": True, "schema": {"const": "no"}},
@@ -303,7 +257,7 @@ def _stream_response() -> Json:
             "itemSchema": _ref("StreamEvent"),
             # The whole stream, as a list of events: at most one terminal event.
             "schema": {"type": "array",
-                       "contains": {"properties": {"event": {"enum": list(TERMINAL_EVENTS)}}},
+                       "contains": {"properties": {"event": {"enum": terminal}}},
                        "minContains": 0, "maxContains": 1},
         }},
     }

@@ -12,10 +12,26 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV32SpecValidator
+from pydantic import BaseModel
 from starlette.routing import Mount, Route
 
 from api.openapi import openapi_document
 from app import create_app
+from pipeline import contract
+from pipeline.payloads import (
+    CancelledEvent,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    Job,
+    JobErrorBody,
+    JobList,
+    OutlineEvent,
+    ProgressEvent,
+    SectionEvent,
+    StatusEvent,
+)
 from pipeline.settings import Settings
 
 # Every route the contract names, as (method, path) with path parameters left unnamed.
@@ -32,6 +48,10 @@ CONTRACT_ROUTES = {
     ("delete", "/api/jobs/{}"),
     ("get", "/api/jobs/{}/events"),
 }
+# Listed here by hand, so a model the document leaves out is noticed.
+EVENT_MODELS: tuple[type[Event], ...] = (StatusEvent, OutlineEvent, ProgressEvent, DeltaEvent,
+                                          SectionEvent, DoneEvent, ErrorEvent, CancelledEvent)
+SCHEMA_REF = "#/components/schemas/{model}"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace", "query"}
 _PATH_PARAMETER = re.compile(r"\{[^}]*\}")
 
@@ -110,6 +130,36 @@ def test_stream_describes_each_event_with_item_schema() -> None:
     assert set(event["properties"]) == {"id", "event", "data"}
     described = {branch["properties"]["event"]["const"] for branch in event["oneOf"]}
     assert described == set(event["properties"]["event"]["enum"])
+
+
+def _untitled(schema: Any) -> Any:
+    """`schema` without the titles pydantic makes up, which the document leaves out; a
+    property named `title` stays (its value is a schema, not a string)."""
+    if isinstance(schema, dict):
+        return {key: _untitled(value) for key, value in schema.items()
+                if not (key == "title" and isinstance(value, str))}
+    if isinstance(schema, list):
+        return [_untitled(item) for item in schema]
+    return schema
+
+
+@pytest.mark.parametrize("model", [Job, JobErrorBody, JobList, *EVENT_MODELS],
+                         ids=lambda model: model.__name__)
+def test_components_are_what_the_payload_models_generate(model: type[BaseModel]) -> None:
+    components = openapi_document()["components"]["schemas"]
+    generated = _untitled(model.model_json_schema(mode="serialization", ref_template=SCHEMA_REF))
+    for name, schema in {**generated.pop("$defs", {}), model.__name__: generated}.items():
+        assert components[name] == schema, name
+
+
+def test_stream_event_names_each_event_model_as_the_contract_does() -> None:
+    stream_event = openapi_document()["components"]["schemas"]["StreamEvent"]
+    assert sorted(stream_event["properties"]["event"]["enum"]) == sorted(contract.EVENT_TYPES)
+    data_schemas = {branch["properties"]["event"]["const"]:
+                    branch["properties"]["data"]["contentSchema"]["$ref"]
+                    for branch in stream_event["oneOf"]}
+    assert data_schemas == {model.event: SCHEMA_REF.format(model=model.__name__)
+                            for model in EVENT_MODELS}
 
 
 def test_service_serves_this_document(start_server: Any) -> None:
