@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pipeline.contract import DEFAULT_PAGE, MAX_PAGE, MAX_PREFER_WAIT_S, RETRY_AFTER_S, JobStatus
-from pipeline.errors import NotCancellable, QueueFull, ShuttingDown
+from pipeline.errors import KeyTaken, NotCancellable, QueueFull, ShuttingDown
 from pipeline.job import Job
 from pipeline.payloads import JobList
 
@@ -72,14 +72,9 @@ async def submit_job(request: Request) -> Response:
         if not _IDEMPOTENCY_KEY.fullmatch(key):
             raise ApiError(400, "invalid_idempotency_key",
                            "Idempotency-Key must be 1 to 200 printable ASCII characters.")
-        fingerprint = hashlib.sha256(topic.encode()).hexdigest()
-        if found := await service.store.find_idempotent(owner, key):
-            job, earlier = found
-            if earlier != fingerprint:
-                raise ApiError(409, "idempotency_conflict",
-                               "This Idempotency-Key was already used with another body.")
-            return _job_response(job, 200)
-        idempotency = (key, fingerprint)
+        idempotency = (key, hashlib.sha256(topic.encode()).hexdigest())
+        if replay := await _idempotent_replay(service, owner, idempotency):
+            return replay
     limit_key = owner or client_address(request, settings)
     if wait := service.limiter.acquire(limit_key):
         raise ApiError(429, "rate_limited", "Too many jobs submitted; slow down.",
@@ -91,11 +86,30 @@ async def submit_job(request: Request) -> Response:
                        headers={"Retry-After": RETRY_AFTER}) from None
     except ShuttingDown:
         raise _shutting_down() from None
+    except KeyTaken:
+        # A concurrent request with the same key won the race: answer as if it came first.
+        assert idempotency is not None
+        if replay := await _idempotent_replay(service, owner, idempotency):
+            return replay
+        raise
     if wait_s:
         finished = await service.runner.wait_terminal(job.id, timeout_s=wait_s)
         if finished is not None and finished.terminal:
             return _job_response(finished, 201)
     return _job_response(job, 202)
+
+
+async def _idempotent_replay(service: Service, owner: str | None,
+                             idempotency: tuple[str, str]) -> Response | None:
+    """The job an earlier request made with this key (200), 409 for another body, or None."""
+    key, fingerprint = idempotency
+    if (found := await service.store.find_idempotent(owner, key)) is None:
+        return None
+    job, earlier = found
+    if earlier != fingerprint:
+        raise ApiError(409, "idempotency_conflict",
+                       "This Idempotency-Key was already used with another body.")
+    return _job_response(job, 200)
 
 
 async def list_jobs(request: Request) -> Response:

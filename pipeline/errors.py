@@ -8,7 +8,10 @@
     ├── Refused                  the runner will not take this request now
     │   ├── QueueFull            more jobs wait than MAX_QUEUED_JOBS allows
     │   ├── ShuttingDown         the service is draining
+    │   ├── KeyTaken             another request took the Idempotency-Key first
     │   └── NotCancellable       the job already succeeded or failed
+    ├── StoreUnavailable         the shared store (Redis) cannot be reached now
+    ├── LeaseLost                another instance has taken over a job this one was running
     ├── TransitionError          a job state change its status does not allow (a bug)
     ├── SettingsError            an environment variable the service cannot use (settings.py)
     ├── FrameError               a value no SSE frame can carry (sse.py)
@@ -64,9 +67,25 @@ class ShuttingDown(Refused):
     """The service is draining and takes no new jobs."""
 
 
+class KeyTaken(Refused):
+    """Another request made a job with this Idempotency-Key first; `job_id` is that job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
 class NotCancellable(Refused):
     """The job already succeeded or failed."""
 
 
 class TransitionError(ArticleStreamError, RuntimeError):
     """A state change that the job's current status does not allow."""
+
+
+class StoreUnavailable(ArticleStreamError):
+    """The shared store (Redis) cannot be reached, or did not answer in time."""
+
+
+class LeaseLost(ArticleStreamError):
+    """Another instance has taken over this job; this one must let it go without a word."""

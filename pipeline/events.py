@@ -45,10 +45,6 @@ class JobEvents:
         self.settings = settings
         self.metrics = metrics
 
-    async def queued(self, job: Job) -> None:
-        await self._publish(job, StatusEvent(status=JobStatus.queued, stage=job.stage,
-                                             progress=job.progress))
-
     async def started(self, job: Job) -> None:
         job.start()
         await self.store.save(job)

@@ -15,14 +15,14 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .contract import JobStatus
-from .errors import JobError, NotCancellable, QueueFull, ShuttingDown
+from .errors import JobError, KeyTaken, NotCancellable, QueueFull, ShuttingDown
 from .events import JobEvents
 from .flow import build_flow, new_shared
 from .job import Job
 from .llm import LLM
 from .messages import FlowEnded, Report
 from .metrics import Metrics
-from .payloads import JobErrorBody
+from .payloads import JobErrorBody, StatusEvent
 from .settings import Settings
 from .store import JobStore
 
@@ -64,20 +64,27 @@ class JobRunner:
 
     async def submit(self, topic: str, *, owner: str | None,
                      idempotency: tuple[str, str] | None = None) -> Job:
-        """Queue a new job; raises ShuttingDown or QueueFull."""
+        """Queue a new job; raises ShuttingDown, QueueFull or KeyTaken."""
         if self.draining:
             raise ShuttingDown
-        if len(self._waiting) >= self.settings.max_queued_jobs:
-            raise QueueFull
+        self._check_room()
         job = Job(topic=topic, owner=owner)
-        # Stored and announced before it can start, so its first event is always `queued`.
-        await self.store.add(job, idempotency)
-        await self.events.queued(job)
-        self._waiting[job.id] = None
+        # Stored with its first event before it can start, so that event is always `queued`.
+        first = StatusEvent(status=JobStatus.queued, stage=job.stage, progress=job.progress)
+        if (holder := await self.store.add(job, idempotency, first)) != job.id:
+            raise KeyTaken(holder)
         self.metrics.jobs_submitted.inc()
         logger.info("job queued", extra={"job_id": job.id})
-        self._start_waiting()
+        self._queued(job.id)
         return job
+
+    def _check_room(self) -> None:
+        if len(self._waiting) >= self.settings.max_queued_jobs:
+            raise QueueFull
+
+    def _queued(self, job_id: str) -> None:
+        self._waiting[job_id] = None
+        self._start_waiting()
 
     async def cancel(self, job_id: str) -> Job | None:
         """Stop a job; returns it once it has ended (or None if unknown)."""

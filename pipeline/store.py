@@ -19,8 +19,11 @@ from .job import Event, Job
 
 
 class JobStore(Protocol):
-    async def add(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
-        """Store a new job; `idempotency` is (key, body fingerprint) within its owner."""
+    async def add(self, job: Job, idempotency: tuple[str, str] | None = None,
+                  first: payloads.Event | None = None) -> str:
+        """Store a new job with its `first` event; `idempotency` is (key, body fingerprint)
+        within its owner. Returns the id of the job holding that key: another job's when an
+        earlier request took it, and then nothing is stored."""
 
     async def get(self, job_id: str) -> Job | None:
         """A copy of the stored job: changing it changes nothing until it is saved."""
@@ -79,12 +82,18 @@ class MemoryJobStore:
         self._finished: dict[str, float] = {}
         self._idempotency: dict[tuple[str | None, str], str] = {}
 
-    async def add(self, job: Job, idempotency: tuple[str, str] | None = None) -> None:
+    async def add(self, job: Job, idempotency: tuple[str, str] | None = None,
+                  first: payloads.Event | None = None) -> str:
+        if idempotency is not None and (job.owner, idempotency[0]) in self._idempotency:
+            return self._idempotency[(job.owner, idempotency[0])]
         while len(self._entries) >= self.max_jobs and self._finished:
             self._forget(next(iter(self._finished)))
         self._entries[job.id] = _Entry(job.copy(), idempotency=idempotency)
         if idempotency is not None:
             self._idempotency[(job.owner, idempotency[0])] = job.id
+        if first is not None:
+            await self.append(job.id, first)
+        return job.id
 
     async def get(self, job_id: str) -> Job | None:
         entry = self._entries.get(job_id)
