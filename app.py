@@ -26,12 +26,11 @@ from api.errors import EXCEPTION_HANDLERS
 from api.middleware import AccessLog, JsonCORSMiddleware, SecurityHeaders
 from api.ratelimit import RateLimiter
 from api.service import Service
+from pipeline.backend import Backend, open_backend
 from pipeline.llm import LLM, Provider, build_provider
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics
-from pipeline.runner import JobRunner
 from pipeline.settings import Settings, SettingsError
-from pipeline.store import MemoryJobStore
 
 logger = logging.getLogger("articlestream")
 
@@ -47,35 +46,20 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
         metrics = Metrics()
         llm_provider = provider or build_provider(settings, metrics)
         llm = LLM.from_settings(llm_provider, settings, metrics)
-        store = MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_stored_jobs)
-        service = Service(
-            settings=settings,
-            store=store,
-            runner=JobRunner(store, llm, settings, metrics),
-            metrics=metrics,
-            limiter=RateLimiter(per_minute=settings.rate_limit_per_minute,
-                                burst=settings.rate_limit_burst),
-            closing=asyncio.Event(),
-        )
-
-        async def drain_on_request() -> None:
-            await shutdown_requested.wait()
-            await drain(service)
-
         try:
-            async with anyio.create_task_group() as tg:
-                await tg.start(service.runner.run)
-                tg.start_soon(drain_on_request)
-                try:
+            async with open_backend(settings, llm, metrics) as backend:
+                service = Service(
+                    settings=settings,
+                    store=backend.store,
+                    runner=backend.runner,
+                    shared=backend.shared,
+                    metrics=metrics,
+                    limiter=RateLimiter(per_minute=settings.rate_limit_per_minute,
+                                        burst=settings.rate_limit_burst),
+                    closing=asyncio.Event(),
+                )
+                async with _serve(service, backend, shutdown_requested):
                     yield {"service": service}
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        if service.runner.draining:
-                            await service.closing.wait()  # the signal's drain is under way
-                        else:
-                            # Without a signal (an embedding server, a test) it happens here.
-                            await drain(service)
-                    tg.cancel_scope.cancel()
         finally:
             await llm_provider.aclose()
 
@@ -110,6 +94,30 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
     )
     app.state.shutdown_requested = shutdown_requested
     return app
+
+
+@asynccontextmanager
+async def _serve(service: Service, backend: Backend,
+                 shutdown_requested: asyncio.Event) -> AsyncIterator[None]:
+    """Run the backend while the app serves; drain on SIGTERM, or when the app stops."""
+
+    async def drain_on_request() -> None:
+        await shutdown_requested.wait()
+        await drain(service)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.run)
+        tg.start_soon(drain_on_request)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                if service.runner.draining:
+                    await service.closing.wait()  # the signal's drain is under way
+                else:
+                    # Without a signal (an embedding server, a test) it happens here.
+                    await drain(service)
+            tg.cancel_scope.cancel()
 
 
 async def drain(service: Service) -> None:

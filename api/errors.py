@@ -8,7 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pipeline.errors import ArticleStreamError
+from pipeline.contract import RETRY_AFTER_S
+from pipeline.errors import ArticleStreamError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,18 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("Redis is away: %s %s answered 503", request.method, request.url.path)
+    return error_response(503, "store_unavailable",
+                          "The job store cannot be reached; try again shortly.",
+                          {"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log only; the client learns nothing about the internals.
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "The server failed to handle this request.")
 
 
-EXCEPTION_HANDLERS = {ApiError: api_error, HTTPException: http_error, Exception: server_error}
+EXCEPTION_HANDLERS = {ApiError: api_error, HTTPException: http_error,
+                      StoreUnavailable: store_unavailable, Exception: server_error}

@@ -37,7 +37,8 @@ EVENTS = sorted(Event.__subclasses__(), key=lambda model: contract.EVENT_TYPES.i
 
 # code -> (status, when it happens): every request error the service answers with.
 ERRORS: dict[str, tuple[int, str]] = {
-    "malformed_body": (400, "the body is not a JSON object or a UTF-8 form"),
+    "malformed_body": (400, "the body cannot be read: not a JSON object in UTF-8 (nested too "
+                            "deeply, a number too long, NaN) or not a UTF-8 form"),
     "invalid_idempotency_key": (400, "`Idempotency-Key` is not 1..200 printable ASCII characters"),
     "invalid_last_event_id": (400, "`Last-Event-ID` or `last_event_id` is not an event id"),
     "invalid_cursor": (400, "`cursor` is not one this service handed out"),
@@ -58,7 +59,8 @@ ERRORS: dict[str, tuple[int, str]] = {
     "rate_limited": (429, "this client submitted too many jobs"),
     "too_many_streams": (429, "too many event streams are open"),
     "shutting_down": (503, "the service is draining before it stops"),
-    "not_ready": (503, "the service does not accept jobs now"),
+    "not_ready": (503, "the service does not accept jobs now: it is draining, or Redis is away"),
+    "store_unavailable": (503, "`REDIS_URL` is set and Redis cannot be reached now"),
 }
 
 # What `str.strip()` trims, and what a topic may not hold: control characters (Unicode Cc)
@@ -282,7 +284,8 @@ def _api_paths() -> Json:
                     "202": _job_response("Accepted: the job is queued or running."),
                     **_errors("malformed_body", "invalid_idempotency_key", "unauthorized",
                               "idempotency_conflict", "body_too_large", "unsupported_media_type",
-                              "invalid_topic", "queue_full", "rate_limited", "shutting_down"),
+                              "invalid_topic", "queue_full", "rate_limited", "shutting_down",
+                              "store_unavailable"),
                 },
             },
             "get": {
@@ -292,7 +295,8 @@ def _api_paths() -> Json:
                 "responses": {
                     "200": {"description": "One page of jobs.", "content": _json(_ref("JobList")),
                             "links": {"NextPage": next_page}},
-                    **_errors("invalid_cursor", "invalid_limit", "invalid_status", "unauthorized"),
+                    **_errors("invalid_cursor", "invalid_limit", "invalid_status", "unauthorized",
+                              "store_unavailable"),
                 },
             },
         },
@@ -302,14 +306,14 @@ def _api_paths() -> Json:
                 "operationId": "getJob",
                 "summary": "A job's state",
                 "responses": {"200": _job_response("The job.", location=False),
-                              **_errors("unauthorized", "not_found")},
+                              **_errors("unauthorized", "not_found", "store_unavailable")},
             },
             "delete": {
                 "operationId": "cancelJob",
                 "summary": "Cancel a queued or running job; it stays readable",
                 "responses": {
                     "202": _job_response("Accepted: the job ends `cancelled` promptly."),
-                    **_errors("unauthorized", "not_found", "not_cancellable"),
+                    **_errors("unauthorized", "not_found", "not_cancellable", "store_unavailable"),
                 },
             },
         },
@@ -323,7 +327,7 @@ def _api_paths() -> Json:
                 "responses": {
                     "200": _stream_response(),
                     "204": {"description": "The client already has the terminal event."},
-                    **_errors("invalid_last_event_id", "unauthorized", "not_found",
+                    **_errors("invalid_last_event_id", "unauthorized", "not_found", "store_unavailable",
                               "too_many_streams"),
                 },
             },

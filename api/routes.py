@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pipeline.contract import DEFAULT_PAGE, MAX_PAGE, MAX_PREFER_WAIT_S, RETRY_AFTER_S, JobStatus
-from pipeline.errors import KeyTaken, NotCancellable, QueueFull, ShuttingDown
+from pipeline.errors import KeyTaken, NotCancellable, QueueFull, ShuttingDown, StoreUnavailable
 from pipeline.job import Job
 from pipeline.payloads import JobList
 
@@ -24,6 +25,8 @@ from .service import Service
 from .stream import EventStream
 
 RETRY_AFTER = str(RETRY_AFTER_S)
+#: how long /readyz waits for Redis to answer a PING
+READY_TIMEOUT_S = 1.0
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 _EVENT_ID = re.compile(r"[0-9]{1,18}")  # \d would take any Unicode digit
@@ -179,10 +182,23 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    if _service(request).runner.draining:
-        return JSONResponse({"error": {"code": "not_ready", "message": "The service is draining."}},
-                            status_code=503, headers={"Retry-After": RETRY_AFTER})
+    service = _service(request)
+    if service.runner.draining:
+        return _not_ready("The service is draining.")
+    if service.shared is not None:
+        with anyio.move_on_after(READY_TIMEOUT_S) as check:
+            try:
+                await service.shared.ping()
+            except StoreUnavailable:
+                return _not_ready("Redis cannot be reached.")
+        if check.cancelled_caught:
+            return _not_ready("Redis did not answer in time.")
     return JSONResponse({"status": "ready"})
+
+
+def _not_ready(message: str) -> Response:
+    return JSONResponse({"error": {"code": "not_ready", "message": message}}, status_code=503,
+                        headers={"Retry-After": RETRY_AFTER})
 
 
 async def metrics(request: Request) -> Response:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from pipeline.metrics import Metrics
+from pipeline.redis_store import RedisJobStore
 from pipeline.runner import JobRunner
 from pipeline.settings import Settings
 from pipeline.store import JobStore
@@ -18,6 +19,8 @@ class Service:
     settings: Settings
     store: JobStore
     runner: JobRunner
+    #: the Redis store, when REDIS_URL is set: /readyz checks it
+    shared: RedisJobStore | None
     metrics: Metrics
     limiter: RateLimiter
     #: set once the drain is over: open streams send a retry hint and end

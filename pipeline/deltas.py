@@ -41,6 +41,10 @@ class DeltaCoalescer:
         buffer.text = ""
         buffer.reset = buffer.reset or buffer.sent
 
+    def void(self, part: Part) -> None:
+        """Mark the part's next delta `reset`, whatever was sent (text from an earlier run)."""
+        self._parts.setdefault(part, _Buffer()).reset = True
+
     def flush(self, part: Part, now: float) -> DeltaEvent | None:
         """The part's held text as a delta, whatever the interval (before its final event)."""
         buffer = self._parts.get(part)

@@ -77,9 +77,16 @@ class JobEvents:
         logger.info("job %s%s", status.value, f" ({code})" if code else "", extra={"job_id": job.id})
         return True
 
-    async def pump(self, job: Job, queue: asyncio.Queue[Report]) -> None:
+    async def pump(self, job: Job, queue: asyncio.Queue[Report], *, resumed: bool = False) -> None:
         """Apply the nodes' reports to the job until the flow has ended."""
         coalescer = DeltaCoalescer(self.settings.delta_interval_ms / 1000)
+        if resumed:
+            # Text the lost instance streamed for unfinished parts is void: clients drop it
+            # when the first delta of each part comes, marked `reset`.
+            for unfinished in range(len(job.sections or ())):
+                if unfinished not in job.contents:
+                    coalescer.void((Stage.content, unfinished))
+            coalescer.void((Stage.style, None))
         stage_started = time.monotonic()
         while True:
             wait = coalescer.next_due(time.monotonic())

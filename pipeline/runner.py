@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from .contract import JobStatus
-from .errors import JobError, KeyTaken, NotCancellable, QueueFull, ShuttingDown
+from .errors import JobError, KeyTaken, LeaseLost, NotCancellable, QueueFull, ShuttingDown, StoreUnavailable
 from .events import JobEvents
-from .flow import build_flow, new_shared
+from .flow import build_flow, new_shared, resume_stage
 from .job import Job
 from .llm import LLM
 from .messages import FlowEnded, Report
@@ -101,9 +102,12 @@ class JobRunner:
             self._update_gauges()
             return job
         # It is running (or has just started): stop it where it runs.
+        await self._stop_running(job_id)
+        return await self.wait_terminal(job_id, timeout_s=CANCEL_WAIT_S)
+
+    async def _stop_running(self, job_id: str) -> None:
         if scope := self._running.get(job_id):
             scope.cancel()
-        return await self.wait_terminal(job_id, timeout_s=CANCEL_WAIT_S)
 
     async def wait_terminal(self, job_id: str, *, timeout_s: float) -> Job | None:
         """The job once it has ended, or as it is when `timeout_s` runs out."""
@@ -158,36 +162,59 @@ class JobRunner:
 
     async def _run(self, job_id: str) -> None:
         scope = self._running[job_id]
-        job = await self.store.get(job_id)
         try:
-            if job is not None and job.status is JobStatus.queued:
-                await self._run_flow(job, scope)
-        except Exception:
-            # A bug in the runner itself: the job still ends, and the service lives on.
-            logger.exception("job runner failed", extra={"job_id": job_id})
-            if job is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.events.finish(job, JobStatus.failed, INTERNAL_ERROR)
+            await self._execute(job_id, scope)
+        except Exception as exc:
+            if _only(exc, LeaseLost):
+                logger.info("another instance has taken the job over", extra={"job_id": job_id})
+            else:
+                # A bug in the runner itself: the job still ends, and the service lives on.
+                logger.exception("job runner failed", extra={"job_id": job_id})
+                await self._fail(job_id)
         finally:
             del self._running[job_id]
             self._shutdown_ids.discard(job_id)
             if not self._running:
                 self._idle.set()
-            if not self.draining:
-                self._start_waiting()
+            self._place_freed()
             self._update_gauges()
 
-    async def _run_flow(self, job: Job, scope: anyio.CancelScope) -> None:
-        await self.events.started(job)
+    async def _execute(self, job_id: str, scope: anyio.CancelScope) -> None:
+        """Run the job if it is still queued (it may have been cancelled while it waited)."""
+        job = await self.store.get(job_id)
+        if job is not None and job.status is JobStatus.queued:
+            await self._run_flow(job, scope)
+
+    async def _fail(self, job_id: str) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                if (job := await self.store.get(job_id)) is not None:
+                    await self.events.finish(job, JobStatus.failed, INTERNAL_ERROR)
+            except StoreUnavailable:
+                logger.error("could not record the job's failure: the store is away",
+                             extra={"job_id": job_id})
+
+    def _place_freed(self) -> None:
+        if not self.draining:
+            self._start_waiting()
+
+    async def _run_flow(self, job: Job, scope: anyio.CancelScope, *, resume: bool = False) -> None:
+        """Run the workflow to the job's end; a resumed job starts where its checkpoint is."""
+        if not resume:
+            await self.events.started(job)
+        assert job.started_at is not None
         queue: asyncio.Queue[Report] = asyncio.Queue()
-        shared = new_shared(job.topic, queue)
+        shared = new_shared(job.topic, queue, sections=job.sections, contents=job.contents)
+        flow = build_flow(self.llm, self.settings, resume_stage(job.sections, job.contents))
+        # A resumed job has what is left of its deadline, not a new one.
+        deadline = job.started_at + self.settings.job_timeout_s - time.time()
         error: JobError | None = None
 
         async def run_flow() -> None:
             nonlocal error
             try:
-                with anyio.fail_after(self.settings.job_timeout_s):
-                    await build_flow(self.llm, self.settings).run_async(shared)
+                with anyio.fail_after(max(0.0, deadline)):
+                    await flow.run_async(shared)
             except Exception as exc:
                 error = classify(exc, job)
             finally:
@@ -195,19 +222,24 @@ class JobRunner:
 
         with scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.events.pump, job, queue)
+                tg.start_soon(partial(self.events.pump, job, queue, resumed=resume))
                 await run_flow()
         # Finishing happens outside the cancel scope, so a cancelled job still records its end.
         with anyio.CancelScope(shield=True):
             if scope.cancel_called:
-                shutdown = job.id in self._shutdown_ids
-                await self.events.finish(job, JobStatus.failed if shutdown else JobStatus.cancelled,
-                                         SHUTDOWN if shutdown else CANCELLED)
+                await self._stopped(job)
             elif error is not None:
                 await self.events.finish(job, JobStatus.failed,
                                          JobErrorBody(code=error.code, message=error.message))
             else:
                 await self.events.finish(job, JobStatus.succeeded, article=shared["final_article"])
+
+    async def _stopped(self, job: Job) -> None:
+        """The end of a job whose scope was cancelled: by a client, or by the drain."""
+        if job.id in self._shutdown_ids:
+            await self.events.finish(job, JobStatus.failed, SHUTDOWN)
+        else:
+            await self.events.finish(job, JobStatus.cancelled, CANCELLED)
 
     async def _sweep(self) -> None:
         period = min(60.0, max(1.0, self.settings.job_ttl_s / 4))
@@ -219,6 +251,13 @@ class JobRunner:
     def _update_gauges(self) -> None:
         self.metrics.queue_depth.set(self.queued)
         self.metrics.running_jobs.set(self.running)
+
+
+def _only(exc: BaseException, kind: type[Exception]) -> bool:
+    """Whether `exc` is a `kind`, or a group of nothing else (a task group's way to raise)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda inner: not isinstance(inner, kind | BaseExceptionGroup)) is None
+    return isinstance(exc, kind)
 
 
 def classify(exc: BaseException, job: Job) -> JobError:

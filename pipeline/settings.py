@@ -55,6 +55,11 @@ class Settings:
     delta_interval_ms: int = 50
     retry_hint_ms: int = 2000
 
+    redis_url: str | None = field(default=None, repr=False)
+    lease_s: float = 15.0
+    #: FLY_MACHINE_ID: the Fly machine this process runs on, if it does
+    machine_id: str | None = None
+
     max_body_bytes: int = 16_384
     max_topic_chars: int = 200
     rate_limit_per_minute: int = 0
@@ -72,7 +77,12 @@ class Settings:
             raise SettingsError("LLM_PROVIDER is anthropic but ANTHROPIC_API_KEY is not set.")
         if not 2 <= self.outline_sections <= 8:
             raise SettingsError(f"OUTLINE_SECTIONS is {self.outline_sections}; use 2 to 8.")
-        for name in ("max_running_jobs", "max_llm_calls", "outline_attempts", "llm_stream_attempts",
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://",
+                                                                         "unix://")):
+            raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://.")
+        if self.lease_s < 1:
+            raise SettingsError(f"LEASE_SECONDS is {self.lease_s:g}; it must be at least 1.")
+        for name in ("max_running_jobs", "max_stored_jobs", "max_llm_calls", "outline_attempts", "llm_stream_attempts",
                      "section_concurrency", "max_streams", "max_body_bytes", "max_topic_chars"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} is {getattr(self, name)}; it must be at least 1.")
@@ -120,6 +130,9 @@ class Settings:
             max_streams=reader.integer("MAX_STREAMS", cls.max_streams),
             stream_deltas=reader.flag("STREAM_DELTAS", cls.stream_deltas),
             delta_interval_ms=reader.integer("DELTA_INTERVAL_MS", cls.delta_interval_ms),
+            redis_url=reader.optional("REDIS_URL"),
+            lease_s=reader.number("LEASE_SECONDS", cls.lease_s),
+            machine_id=reader.optional("FLY_MACHINE_ID"),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", cls.max_body_bytes),
             max_topic_chars=reader.integer("MAX_TOPIC_CHARS", cls.max_topic_chars),
             rate_limit_per_minute=reader.integer("RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),

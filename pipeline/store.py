@@ -70,8 +70,8 @@ class _Entry:
 class MemoryJobStore:
     """Jobs and event logs in this process's memory.
 
-    At most `max_jobs` are kept: a new job makes room by forgetting the job that finished
-    first. Queued and running jobs are never forgotten (the runner bounds how many there are).
+    At most `max_jobs` finished jobs are kept: past that, the job that finished first is
+    forgotten. Queued and running jobs are never forgotten (the runner bounds their number).
     """
 
     def __init__(self, *, ttl_s: float, max_jobs: int) -> None:
@@ -86,8 +86,6 @@ class MemoryJobStore:
                   first: payloads.Event | None = None) -> str:
         if idempotency is not None and (job.owner, idempotency[0]) in self._idempotency:
             return self._idempotency[(job.owner, idempotency[0])]
-        while len(self._entries) >= self.max_jobs and self._finished:
-            self._forget(next(iter(self._finished)))
         self._entries[job.id] = _Entry(job.copy(), idempotency=idempotency)
         if idempotency is not None:
             self._idempotency[(job.owner, idempotency[0])] = job.id
@@ -143,6 +141,8 @@ class MemoryJobStore:
         entry.events.append(event)
         if event.terminal:
             self._finished[job_id] = time.time()  # the TTL runs from the log's close
+            while len(self._finished) > self.max_jobs:
+                self._forget(next(iter(self._finished)))
         entry.changed.set()
         entry.changed = asyncio.Event()
         return event

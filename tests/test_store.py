@@ -58,27 +58,24 @@ async def test_the_list_is_newest_first_and_pages_after_a_cursor() -> None:
 
 
 async def test_a_full_store_forgets_the_job_that_finished_first() -> None:
-    store = MemoryJobStore(ttl_s=3600, max_jobs=3)
+    store = MemoryJobStore(ttl_s=3600, max_jobs=2)
     first, second, third = [await add_job(store, topic) for topic in ("a", "b", "c")]
     await finish(store, second)
     await finish(store, first)  # finished after `second`, though created before it
-    fourth = await add_job(store, "d")
+    await finish(store, third)  # a third finished job: one must go
     assert await store.get(second.id) is None
     assert await store.read(second.id, 0, timeout_s=0) is None
-    assert [await store.get(job.id) for job in (first, third, fourth)] == [first, third, fourth]
+    assert [await store.get(job.id) for job in (first, third)] == [first, third]
 
 
 async def test_queued_and_running_jobs_are_never_forgotten() -> None:
-    store = MemoryJobStore(ttl_s=3600, max_jobs=2)
+    store = MemoryJobStore(ttl_s=3600, max_jobs=1)
     unfinished = [await add_job(store, topic) for topic in ("a", "b", "c")]
-    assert len(store) == 3  # over the cap: nothing finished can make room
-    assert all([await store.get(job.id) for job in unfinished])
-    for job in unfinished:
-        await finish(store, job)
-    newest = await add_job(store, "d")
-    assert len(store) == 2
-    assert [await store.get(job.id) is not None for job in (*unfinished, newest)] == [
-        False, False, True, True]
+    assert len(store) == 3  # over the cap, but none has finished
+    await finish(store, unfinished[1])
+    assert len(store) == 3
+    await finish(store, unfinished[0])
+    assert [await store.get(job.id) is not None for job in unfinished] == [True, False, True]
 
 
 async def test_expire_forgets_finished_jobs_past_their_ttl_only() -> None:

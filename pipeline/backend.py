@@ -1,0 +1,77 @@
+"""Where jobs live and how they are scheduled: in this process, or shared through Redis.
+
+`REDIS_URL` chooses. In memory, one process holds every job. On Redis, every instance
+behind one address serves any job, takes work from one queue, and takes over the jobs of
+an instance that died.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .llm import LLM
+from .metrics import Metrics
+from .redis_log import LogHub
+from .redis_runner import BLOCK_S, RedisJobRunner
+from .redis_store import COMMAND_TIMEOUT_S, RedisJobStore, connect
+from .runner import JobRunner
+from .settings import Settings
+from .store import JobStore, MemoryJobStore
+
+#: the subscription waits this long for a message before it pings; its timeout is longer
+_PUBSUB_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Backend:
+    store: JobStore
+    runner: JobRunner
+    #: the Redis store, when jobs are shared (for readiness checks)
+    shared: RedisJobStore | None = None
+    hub: LogHub | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The backend's own tasks, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            if self.hub is not None:
+                await tg.start(self.hub.run)
+            await tg.start(self.runner.run)
+            task_status.started()
+
+
+@asynccontextmanager
+async def open_backend(settings: Settings, llm: LLM, metrics: Metrics) -> AsyncIterator[Backend]:
+    if settings.redis_url is None:
+        memory = MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_stored_jobs)
+        yield Backend(memory, JobRunner(memory, llm, settings, metrics))
+        return
+    client = connect(settings.redis_url)
+    blocking = connect(settings.redis_url, timeout_s=BLOCK_S + COMMAND_TIMEOUT_S)
+    subscriber = connect(settings.redis_url, timeout_s=_PUBSUB_TIMEOUT_S)
+    try:
+        hub = LogHub(client, subscriber)
+        store = RedisJobStore(client, hub, ttl_s=settings.job_ttl_s,
+                              max_jobs=settings.max_stored_jobs,
+                              max_queued=settings.max_queued_jobs,
+                              job_timeout_s=settings.job_timeout_s,
+                              write_patience_s=settings.job_timeout_s)
+        runner = RedisJobRunner(store, blocking, llm, settings, metrics,
+                                name=instance_name(settings))
+        yield Backend(store, runner, shared=store, hub=hub)
+    finally:
+        for connection in (client, blocking, subscriber):
+            await connection.aclose()
+
+
+def instance_name(settings: Settings) -> str:
+    """This process's name among the queue's consumers: its machine, and what makes it unique."""
+    machine = settings.machine_id or socket.gethostname()
+    return f"{machine}-{os.getpid()}-{secrets.token_hex(3)}"

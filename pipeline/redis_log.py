@@ -1,0 +1,190 @@
+"""Following jobs' logs on Redis: one follower per job per instance, however many subscribers.
+
+Every appended event is also published on one channel (in the same script as its `XADD`),
+so one subscription per instance hears them all. A follower holds its job's events in
+order; it catches up with `XRANGE` when it starts, when an id is skipped, and after the
+subscription has been lost (Redis restarted), so no event is lost or repeated. Cancel
+requests arrive on a second channel and go to `on_cancel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import redis.asyncio as redis
+from anyio.abc import TaskGroup, TaskStatus
+from redis.exceptions import RedisError
+
+from . import redis_keys as keys
+from . import sse
+from .contract import TERMINAL_EVENTS
+from .errors import StoreUnavailable
+from .job import Event
+
+logger = logging.getLogger(__name__)
+
+#: a follower nobody has read for this long is dropped (its events are still in Redis)
+IDLE_FOLLOWER_S = 60.0
+#: wait between tries to subscribe again while Redis is away
+RECONNECT_S = 0.5
+
+
+def frame(event_id: int, type: str, data: str) -> bytes:
+    return sse.encode(data, event=type, id=str(event_id))
+
+
+@dataclass
+class _Follower:
+    job_id: str
+    events: list[Event] = field(default_factory=list)
+    #: set (and replaced) whenever events arrive, so waiting readers wake together
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set once the first catch-up is done
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: heard on the channel before the first catch-up was done
+    pending: list[tuple[int, str, bytes]] = field(default_factory=list)
+    missing: bool = False
+    readers: int = 0
+    last_read: float = field(default_factory=time.monotonic)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.events) and self.events[-1].type in TERMINAL_EVENTS
+
+    def add(self, event_id: int, type: str, data: bytes | str) -> bool:
+        """Take the next event; False when `event_id` skips ahead (some are missing)."""
+        if event_id <= len(self.events):
+            return True  # heard twice: once by XRANGE, once on the channel
+        if event_id > len(self.events) + 1:
+            return False
+        text = data.decode() if isinstance(data, bytes) else data
+        self.events.append(Event(event_id, type, frame(event_id, type, text)))
+        self.changed.set()
+        self.changed = asyncio.Event()
+        return True
+
+
+class LogHub:
+    """This instance's followers of job logs, fed by one subscription."""
+
+    def __init__(self, client: redis.Redis, pubsub_client: redis.Redis) -> None:
+        self.client = client
+        self.pubsub_client = pubsub_client
+        self.on_cancel: Callable[[str], None] = lambda job_id: None
+        self._followers: dict[str, _Follower] = {}
+        self._task_group: TaskGroup | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled, subscribing again whenever the connection is lost."""
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            tg.start_soon(self._drop_idle)
+            started = False
+            while True:
+                try:
+                    async with self.pubsub_client.pubsub() as pubsub:
+                        await pubsub.subscribe(keys.EVENTS_CHANNEL, keys.CANCEL_CHANNEL)
+                        # Subscribed: whatever was appended while away is caught up now.
+                        for follower in list(self._followers.values()):
+                            tg.start_soon(self._catch_up, follower)
+                        if not started:
+                            task_status.started()
+                            started = True
+                        await self._listen(pubsub)
+                except (RedisError, OSError) as exc:
+                    logger.warning("lost the Redis subscription (%s); subscribing again", exc)
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await anyio.sleep(RECONNECT_S)
+
+    async def _listen(self, pubsub: redis.client.PubSub) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10.0)
+            if message is None:
+                await pubsub.ping()  # a dead connection shows here, not as endless silence
+                continue
+            if message["type"] != "message":
+                continue  # the answer to that ping
+            if message["channel"] == keys.CANCEL_CHANNEL.encode():
+                self.on_cancel(message["data"].decode())
+                continue
+            job_id, event_id, type, data = message["data"].split(b"\n", 3)
+            follower = self._followers.get(job_id.decode())
+            if follower is None:
+                continue
+            if not follower.ready.is_set():
+                follower.pending.append((int(event_id), type.decode(), data))
+            elif not follower.add(int(event_id), type.decode(), data):
+                self._spawn_catch_up(follower)
+
+    async def read(self, job_id: str, after: int, *, timeout_s: float) -> list[Event] | None:
+        follower = self._followers.get(job_id)
+        if follower is None:
+            follower = self._followers[job_id] = _Follower(job_id)
+            try:
+                await self._catch_up(follower)
+            except BaseException:
+                del self._followers[job_id]
+                raise
+        await follower.ready.wait()
+        if follower.missing:
+            self._followers.pop(job_id, None)
+            return None
+        follower.readers += 1
+        try:
+            return await self._wait(follower, after, timeout_s)
+        finally:
+            follower.readers -= 1
+            follower.last_read = time.monotonic()
+
+    async def _wait(self, follower: _Follower, after: int, timeout_s: float) -> list[Event] | None:
+        if len(follower.events) > after:
+            return follower.events[after:]
+        if follower.closed:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await follower.changed.wait()
+        except TimeoutError:
+            return []
+        return follower.events[after:]
+
+    async def _catch_up(self, follower: _Follower) -> None:
+        """Read what the follower lacks from the job's stream."""
+        try:
+            entries = await self.client.xrange(keys.log_key(follower.job_id),
+                                               min=f"0-{len(follower.events) + 1}")
+            if not entries and not follower.events:
+                follower.missing = not await self.client.exists(keys.job_key(follower.job_id))
+        except (RedisError, OSError) as exc:
+            if not follower.ready.is_set():
+                raise StoreUnavailable("Redis cannot be reached.") from exc
+            return  # the next subscription catches up again
+        for entry_id, fields in entries:
+            follower.add(int(entry_id.split(b"-")[1]), fields[b"t"].decode(), fields[b"d"])
+        heard, follower.pending = follower.pending, []
+        caught_up = all(follower.add(*event) for event in sorted(heard))
+        follower.ready.set()
+        if not caught_up:
+            self._spawn_catch_up(follower)
+
+    def _spawn_catch_up(self, follower: _Follower) -> None:
+        if self._task_group is not None:
+            self._task_group.start_soon(self._catch_up, follower)
+
+    async def _drop_idle(self) -> None:
+        while True:
+            await anyio.sleep(IDLE_FOLLOWER_S / 2)
+            cutoff = time.monotonic() - IDLE_FOLLOWER_S
+            for job_id, follower in list(self._followers.items()):
+                if follower.readers == 0 and follower.last_read < cutoff:
+                    del self._followers[job_id]
+
+    def __len__(self) -> int:
+        return len(self._followers)
