@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +16,12 @@ import httpx
 import pytest
 import uvicorn
 
+from .ports import free_port
+from .redis_server import RedisServer
+from .redis_server import started as redis_started
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_healthy(url: str, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -130,3 +127,15 @@ def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
         if not thread.is_alive():
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a free loopback port; stopped afterwards."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = redis_started(folder)
+    try:
+        yield server
+    finally:
+        server.stop()
