@@ -24,7 +24,7 @@ from api import routes
 from api.access import exposure_warning
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import AccessLog, JsonCORSMiddleware, SecurityHeaders
-from api.ratelimit import RateLimiter
+from api.ratelimit import Limiter, RateLimiter, RedisRateLimiter
 from api.service import Service
 from pipeline.backend import Backend, open_backend
 from pipeline.llm import LLM, Provider, build_provider
@@ -54,8 +54,7 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
                     runner=backend.runner,
                     shared=backend.shared,
                     metrics=metrics,
-                    limiter=RateLimiter(per_minute=settings.rate_limit_per_minute,
-                                        burst=settings.rate_limit_burst),
+                    limiter=_limiter(settings, backend),
                     closing=asyncio.Event(),
                 )
                 async with _serve(service, backend, shutdown_requested):
@@ -94,6 +93,14 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
     )
     app.state.shutdown_requested = shutdown_requested
     return app
+
+
+def _limiter(settings: Settings, backend: Backend) -> Limiter:
+    """Submit buckets where the jobs are: shared on Redis, else in this process."""
+    rate = {"per_minute": settings.rate_limit_per_minute, "burst": settings.rate_limit_burst}
+    if backend.shared is not None:
+        return RedisRateLimiter(backend.shared.client, **rate)
+    return RateLimiter(**rate)
 
 
 @asynccontextmanager

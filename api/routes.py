@@ -79,7 +79,7 @@ async def submit_job(request: Request) -> Response:
         if replay := await _idempotent_replay(service, owner, idempotency):
             return replay
     limit_key = owner or client_address(request, settings)
-    if wait := service.limiter.acquire(limit_key):
+    if wait := await service.limiter.acquire(limit_key):
         raise ApiError(429, "rate_limited", "Too many jobs submitted; slow down.",
                        headers={"Retry-After": retry_after(wait)})
     try:

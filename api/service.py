@@ -11,7 +11,7 @@ from pipeline.runner import JobRunner
 from pipeline.settings import Settings
 from pipeline.store import JobStore
 
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter
 
 
 @dataclass
@@ -22,6 +22,6 @@ class Service:
     #: the Redis store, when REDIS_URL is set: /readyz checks it
     shared: RedisJobStore | None
     metrics: Metrics
-    limiter: RateLimiter
+    limiter: Limiter
     #: set once the drain is over: open streams send a retry hint and end
     closing: asyncio.Event
