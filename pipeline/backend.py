@@ -54,8 +54,8 @@ async def open_backend(settings: Settings, llm: LLM, metrics: Metrics) -> AsyncI
         yield Backend(memory, JobRunner(memory, llm, settings, metrics))
         return
     client = connect(settings.redis_url)
-    blocking = connect(settings.redis_url, timeout_s=BLOCK_S + COMMAND_TIMEOUT_S)
-    subscriber = connect(settings.redis_url, timeout_s=_PUBSUB_TIMEOUT_S)
+    blocking = connect(settings.redis_url, timeout_s=BLOCK_S + COMMAND_TIMEOUT_S, connections=1)
+    subscriber = connect(settings.redis_url, timeout_s=_PUBSUB_TIMEOUT_S, connections=1)
     try:
         hub = LogHub(client, subscriber)
         store = RedisJobStore(client, hub, ttl_s=settings.job_ttl_s,

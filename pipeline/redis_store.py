@@ -33,6 +33,8 @@ T = TypeVar("T")
 
 #: seconds any one command may take before Redis counts as hung
 COMMAND_TIMEOUT_S = 5.0
+#: connections of the command pool; a burst of commands waits for one rather than opening more
+POOL_SIZE = 32
 #: a job claimed this many times (each time its instance died) fails with `worker_lost`
 MAX_CLAIMS = 3
 _LIST_BATCH = 50
@@ -49,10 +51,14 @@ async def redis_errors() -> AsyncIterator[None]:
         raise StoreUnavailable(f"Redis refused a command: {exc}") from exc
 
 
-def connect(url: str, *, timeout_s: float = COMMAND_TIMEOUT_S) -> redis.Redis:
-    """A client whose commands time out: a hung Redis is an error, not a stuck request."""
-    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=2.0,
-                                health_check_interval=10)
+def connect(url: str, *, timeout_s: float = COMMAND_TIMEOUT_S,
+            connections: int = POOL_SIZE) -> redis.Redis:
+    """A client of at most `connections` connections (more callers wait for one), whose
+    commands time out: a hung Redis is an error, not a stuck request."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=timeout_s, socket_timeout=timeout_s,
+        socket_connect_timeout=2.0, health_check_interval=10)
+    return redis.Redis.from_pool(pool)  # the client owns the pool, and closes it
 
 
 def encode_job(job: Job) -> dict[str, str]:
