@@ -53,9 +53,11 @@ async def open_backend(settings: Settings, llm: LLM, metrics: Metrics) -> AsyncI
         memory = MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_stored_jobs)
         yield Backend(memory, JobRunner(memory, llm, settings, metrics))
         return
-    client = connect(settings.redis_url)
-    blocking = connect(settings.redis_url, timeout_s=BLOCK_S + COMMAND_TIMEOUT_S, connections=1)
-    subscriber = connect(settings.redis_url, timeout_s=_PUBSUB_TIMEOUT_S, connections=1)
+    name = instance_name(settings)
+    client = connect(settings.redis_url, name=name)
+    blocking = connect(settings.redis_url, timeout_s=BLOCK_S + COMMAND_TIMEOUT_S, connections=1,
+                       name=name)
+    subscriber = connect(settings.redis_url, timeout_s=_PUBSUB_TIMEOUT_S, connections=1, name=name)
     try:
         hub = LogHub(client, subscriber)
         store = RedisJobStore(client, hub, ttl_s=settings.job_ttl_s,
@@ -63,8 +65,7 @@ async def open_backend(settings: Settings, llm: LLM, metrics: Metrics) -> AsyncI
                               max_queued=settings.max_queued_jobs,
                               job_timeout_s=settings.job_timeout_s,
                               write_patience_s=settings.job_timeout_s)
-        runner = RedisJobRunner(store, blocking, llm, settings, metrics,
-                                name=instance_name(settings))
+        runner = RedisJobRunner(store, blocking, llm, settings, metrics, name=name)
         yield Backend(store, runner, shared=store, hub=hub)
     finally:
         for connection in (client, blocking, subscriber):

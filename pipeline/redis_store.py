@@ -51,13 +51,14 @@ async def redis_errors() -> AsyncIterator[None]:
         raise StoreUnavailable(f"Redis refused a command: {exc}") from exc
 
 
-def connect(url: str, *, timeout_s: float = COMMAND_TIMEOUT_S,
-            connections: int = POOL_SIZE) -> redis.Redis:
+def connect(url: str, *, timeout_s: float = COMMAND_TIMEOUT_S, connections: int = POOL_SIZE,
+            name: str | None = None) -> redis.Redis:
     """A client of at most `connections` connections (more callers wait for one), whose
-    commands time out: a hung Redis is an error, not a stuck request."""
+    commands time out: a hung Redis is an error, not a stuck request. `name` shows in
+    Redis's CLIENT LIST, so an operator can tell instances apart."""
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=connections, timeout=timeout_s, socket_timeout=timeout_s,
-        socket_connect_timeout=2.0, health_check_interval=10)
+        socket_connect_timeout=2.0, health_check_interval=10, client_name=name)
     return redis.Redis.from_pool(pool)  # the client owns the pool, and closes it
 
 
