@@ -99,10 +99,11 @@ return 'ok'
 
 #: KEYS job, log. ARGV token, job id, type, data, the id expected ('' for any)
 APPEND = _COMMON + """
-local expected = tonumber(ARGV[5])
-if expected and expected <= redis.call('XLEN', KEYS[2]) then return {'ok', expected} end
 local refused = refusal(KEYS[1], ARGV[1])
 if refused then return {refused} end
+-- Still this runner's job: an id the log has already is its own write, retried.
+local expected = tonumber(ARGV[5])
+if expected and expected <= redis.call('XLEN', KEYS[2]) then return {'ok', expected} end
 return {'ok', append(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])}
 """
 

@@ -19,13 +19,13 @@ from redis.exceptions import RedisError, ResponseError
 
 from . import redis_keys as keys
 from .contract import JobStatus
-from .errors import StoreUnavailable
+from .errors import LeaseLost, StoreUnavailable
 from .job import Job
 from .llm import LLM
 from .metrics import Metrics
 from .payloads import JobErrorBody
 from .redis_store import RedisJobStore, redis_errors
-from .runner import JobRunner
+from .runner import JobRunner, _only
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ class RedisJobRunner(JobRunner):
         self._update_gauges()
 
     async def _execute(self, job_id: str, scope: anyio.CancelScope) -> None:
+        taken_over = False
         try:
             verdict, claims = await self.store.claim(job_id, self.name)
             job = await self.store.get(job_id) if verdict in ("start", "resume", "lost") else None
@@ -175,10 +176,14 @@ class RedisJobRunner(JobRunner):
                 await self._run_flow(job, scope, resume=True)
             elif job is not None:
                 await self.events.finish(job, JobStatus.failed, WORKER_LOST)
+        except Exception as exc:
+            taken_over = _only(exc, LeaseLost)
+            raise
         finally:
             self.store.release(job_id)
             entry = self._entries.pop(job_id)
-            if job_id not in self._handed_back:
+            # A job taken over keeps its entry: it is the lease of the instance that runs it now.
+            if job_id not in self._handed_back and not taken_over:
                 with anyio.CancelScope(shield=True):
                     await self._done(entry)
             self._handed_back.discard(job_id)
