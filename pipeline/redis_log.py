@@ -156,16 +156,22 @@ class LogHub:
         return follower.events[after:]
 
     async def _catch_up(self, follower: _Follower) -> None:
-        """Read what the follower lacks from the job's stream."""
-        try:
-            entries = await self.client.xrange(keys.log_key(follower.job_id),
-                                               min=f"0-{len(follower.events) + 1}")
-            if not entries and not follower.events:
-                follower.missing = not await self.client.exists(keys.job_key(follower.job_id))
-        except (RedisError, OSError) as exc:
-            if not follower.ready.is_set():
-                raise StoreUnavailable("Redis cannot be reached.") from exc
-            return  # the next subscription catches up again
+        """Read what the follower lacks from the job's stream. A reader's first catch-up fails
+        at once while Redis is away; a live follower's is tried until it works or is dropped,
+        since nothing else may ever bring it the job's last event."""
+        while True:
+            try:
+                entries = await self.client.xrange(keys.log_key(follower.job_id),
+                                                   min=f"0-{len(follower.events) + 1}")
+                if not entries and not follower.events:
+                    follower.missing = not await self.client.exists(keys.job_key(follower.job_id))
+                break
+            except (RedisError, OSError) as exc:
+                if not follower.ready.is_set():
+                    raise StoreUnavailable("Redis cannot be reached.") from exc
+                if self._followers.get(follower.job_id) is not follower:
+                    return
+                await anyio.sleep(RECONNECT_S)
         for entry_id, fields in entries:
             follower.add(int(entry_id.split(b"-")[1]), fields[b"t"].decode(), fields[b"d"])
         heard, follower.pending = follower.pending, []
