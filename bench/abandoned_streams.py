@@ -114,32 +114,69 @@ async def one_round(server: Server, client: httpx.AsyncClient, probe: httpx.Asyn
     print(f"{prefix}_server_rss_mib_after: {server.rss_mib():.1f}")
 
 
+@dataclass
+class Health:
+    """What /healthz answered while the bench ran."""
+
+    polls: int = 0
+    ok: int = 0
+    slowest_s: float = 0.0
+
+
+async def poll_healthz(client: httpx.AsyncClient, stop: asyncio.Event, health: Health) -> None:
+    """GET /healthz every POLL_INTERVAL_S until `stop` is set."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            answered = (await client.get("/healthz")).status_code == 200
+        except httpx.HTTPError:
+            answered = False
+        health.polls += 1
+        health.ok += int(answered)
+        health.slowest_s = max(health.slowest_s, time.perf_counter() - started)
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
 async def run(server: Server, streams: int, jobs: int, rounds: int) -> None:
     limits = httpx.Limits(max_connections=streams + 20, max_keepalive_connections=20)
     timeout = httpx.Timeout(OPEN_TIMEOUT_S)
+    health, stop = Health(), asyncio.Event()
     async with (
         httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout) as client,
-        # a client of its own, so polling never waits on the streaming client's pool
+        # clients of their own, so polling never waits on the streaming client's pool
         httpx.AsyncClient(base_url=server.url, timeout=10.0) as probe,
+        httpx.AsyncClient(base_url=server.url, timeout=10.0) as health_client,
+        asyncio.TaskGroup() as tg,
     ):
-        metrics_before = (await probe.get("/metrics")).text
-        gauge_names = sorted(gauge_lines(metrics_before, "open_streams")) or ["(none)"]
-        print(f"open_streams_metric: {', '.join(gauge_names)}")
-        print_watched("metric_before", metrics_before)
-        print(f"server_rss_mib_before: {server.rss_mib():.1f}")
+        tg.create_task(poll_healthz(health_client, stop, health))
+        try:
+            await bench(server, client, probe, streams, jobs, rounds)
+        finally:
+            stop.set()
+    print(f"healthz_200_while_running: {health.ok} of {health.polls}")
+    print(f"healthz_slowest_s: {health.slowest_s:.3f}")
 
-        job_ids = []
-        for index in range(jobs):
-            response = await probe.post("/api/jobs", json={"topic": f"Abandon topic {index}"})
-            response.raise_for_status()
-            job_ids.append(response.json()["id"])
-        for round_no in range(1, rounds + 1):
-            await one_round(server, client, probe, job_ids, streams, round_no)
 
-        print(f"healthz_after: {(await probe.get('/healthz')).status_code}")
-        cancels = [(await probe.delete(f"/api/jobs/{j}")).status_code for j in job_ids]
-        print(f"cancel_statuses: {cancels}")
-        print_watched("metric_after_cancel", (await probe.get("/metrics")).text)
+async def bench(server: Server, client: httpx.AsyncClient, probe: httpx.AsyncClient,
+                streams: int, jobs: int, rounds: int) -> None:
+    """Open and abandon the streams `rounds` times on `jobs` running jobs, then cancel them."""
+    metrics_before = (await probe.get("/metrics")).text
+    gauge_names = sorted(gauge_lines(metrics_before, "open_streams")) or ["(none)"]
+    print(f"open_streams_metric: {', '.join(gauge_names)}")
+    print_watched("metric_before", metrics_before)
+    print(f"server_rss_mib_before: {server.rss_mib():.1f}")
+
+    job_ids = []
+    for index in range(jobs):
+        response = await probe.post("/api/jobs", json={"topic": f"Abandon topic {index}"})
+        response.raise_for_status()
+        job_ids.append(response.json()["id"])
+    for round_no in range(1, rounds + 1):
+        await one_round(server, client, probe, job_ids, streams, round_no)
+
+    cancels = [(await probe.delete(f"/api/jobs/{j}")).status_code for j in job_ids]
+    print(f"cancel_statuses: {cancels}")
+    print_watched("metric_after_cancel", (await probe.get("/metrics")).text)
 
 
 def main() -> None:

@@ -68,31 +68,38 @@ class Usage:
     rss_after_mib: float
 
 
-async def run(server: Server, jobs: int) -> tuple[list[JobResult | BaseException], Usage]:
+Round = tuple[list[JobResult | BaseException], Usage]
+
+
+async def one_round(server: Server, clients: list[httpx.AsyncClient], jobs: int) -> Round:
+    """`jobs` jobs at once, one per client, with what they cost."""
+    rss_before = server.rss_mib()
+    load_before = load_average()
+    server_cpu = server.cpu_seconds()
+    client_cpu = time.process_time()
+    machine_busy, machine_total = machine_cpu_seconds()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(one_job(clients[i], i) for i in range(jobs)), return_exceptions=True),
+        RUN_TIMEOUT_S,
+    )
+    server_cpu = server.cpu_seconds() - server_cpu
+    client_cpu = time.process_time() - client_cpu
+    busy_after, total_after = machine_cpu_seconds()
+    usage = Usage(server_cpu, client_cpu, busy_after - machine_busy,
+                  total_after - machine_total, load_before, rss_before, server.rss_mib())
+    return results, usage
+
+
+async def run(server: Server, jobs: int, rounds: int) -> list[Round]:
     timeout = httpx.Timeout(30.0, connect=10.0)
     # One client per job, built before the clock starts: building one loads the CA bundle
     # (~10 ms of CPU), a cost of this bench, not of the service.
     clients = [httpx.AsyncClient(base_url=server.url, timeout=timeout) for _ in range(jobs + 1)]
     try:
         await one_job(clients[-1], -1)  # warm-up: first-request paths off the clock
-        rss_before = server.rss_mib()
-        load_before = load_average()
-        server_cpu = server.cpu_seconds()
-        client_cpu = time.process_time()
-        machine_busy, machine_total = machine_cpu_seconds()
-        results = await asyncio.wait_for(
-            asyncio.gather(*(one_job(clients[i], i) for i in range(jobs)),
-                           return_exceptions=True),
-            RUN_TIMEOUT_S,
-        )
-        server_cpu = server.cpu_seconds() - server_cpu
-        client_cpu = time.process_time() - client_cpu
-        busy_after, total_after = machine_cpu_seconds()
-        usage = Usage(server_cpu, client_cpu, busy_after - machine_busy,
-                      total_after - machine_total, load_before, rss_before, server.rss_mib())
+        return [await one_round(server, clients, jobs) for _ in range(rounds)]
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
-    return results, usage
 
 
 #: event type whose last arrival marks each step: start, outline, sections, style (done)
@@ -137,12 +144,27 @@ def report(jobs: int, results: list[JobResult | BaseException], usage: Usage) ->
     print(f"server_rss_mib_after: {usage.rss_after_mib:.1f}")
 
 
+def report_rounds(jobs: int, rounds: list[Round]) -> None:
+    """RSS after each round, and what each job finished after the first round added to it."""
+    for number, (results, usage) in enumerate(rounds, 1):
+        done = sum(1 for r in results if isinstance(r, JobResult) and r.terminal == "done")
+        print(f"round{number}_done: {done}")
+        print(f"round{number}_server_rss_mib_after: {usage.rss_after_mib:.1f}")
+    growth_mib = rounds[-1][1].rss_after_mib - rounds[0][1].rss_after_mib
+    print(f"rss_kib_per_job_after_round1: {growth_mib * 1024 / (jobs * (len(rounds) - 1)):.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--delay-ms", type=int, default=200, help="OFFLINE_LLM_DELAY_MS")
     parser.add_argument("--deltas", choices=["on", "off"], default="on", help="STREAM_DELTAS")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of --jobs jobs on one server; the first is reported in full, "
+                             "then RSS after each (finished jobs stay stored for JOB_TTL_SECONDS)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds is {args.rounds}; it must be at least 1")
     env = {
         "OFFLINE_LLM_DELAY_MS": str(args.delay_ms),
         "STREAM_DELTAS": "1" if args.deltas == "on" else "0",
@@ -154,8 +176,10 @@ def main() -> None:
     print(f"delay_ms: {args.delay_ms}")
     print(f"deltas: {args.deltas}")
     with run_server(**env) as server:
-        results, usage = asyncio.run(run(server, args.jobs))
-    report(args.jobs, results, usage)
+        rounds = asyncio.run(run(server, args.jobs, args.rounds))
+    report(args.jobs, *rounds[0])
+    if len(rounds) > 1:
+        report_rounds(args.jobs, rounds)
     print(f"server_stop_after_sigterm_s: {server.stop_s:.2f}" if server.stop_s is not None
           else f"server_stop_after_sigterm_s: over {STOP_TIMEOUT_S:.0f}, killed")
 
