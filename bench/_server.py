@@ -20,9 +20,14 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# The benches run as scripts from bench/; the contract's words come from the service itself.
+sys.path.insert(0, str(ROOT))
+from pipeline.contract import TERMINAL_EVENTS  # noqa: E402
+
+__all__ = ["TERMINAL_EVENTS"]
+
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
-TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
