@@ -36,12 +36,14 @@ def owner_of(conn: HTTPConnection, settings: Settings, *, allow_query: bool = Fa
 
 
 def client_address(conn: HTTPConnection, settings: Settings) -> str:
-    """The client's IP; Fly-Client-IP and X-Forwarded-For are believed only from a trusted proxy."""
+    """The client's IP; Fly-Client-IP (on Fly) and X-Forwarded-For are believed only from a
+    trusted proxy."""
     peer = conn.client.host if conn.client else "unknown"
     if not _trusted(_ip(peer), settings):
         return peer
-    # Fly's proxy sets Fly-Client-IP itself, so it wins over a chain the client may have begun.
-    if fly_client := _ip(conn.headers.get("fly-client-ip", "")):
+    # On Fly (FLY_MACHINE_ID is set) its proxy sets Fly-Client-IP itself, so it wins over a
+    # chain the client may have begun. Elsewhere a proxy may pass a client's own header on.
+    if settings.machine_id and (fly_client := _ip(conn.headers.get("fly-client-ip", ""))):
         return str(fly_client)
     # Walk the chain from the nearest hop; the first untrusted address is the client.
     header = conn.headers.get("x-forwarded-for", "")

@@ -49,6 +49,8 @@ ERRORS: dict[str, tuple[int, str]] = {
                           "or wrong"),
     "not_found": (404, "no such job, or it expired"),
     "method_not_allowed": (405, "the path exists, but not with this method"),
+    "held_elsewhere": (421, "on Fly without Redis, another machine holds the job: the answer carries "
+                            "`fly-replay: instance=<id>` and Fly's proxy replays the request there"),
     "idempotency_conflict": (409, "this `Idempotency-Key` was used with another body"),
     "not_cancellable": (409, "the job already succeeded or failed"),
     "body_too_large": (413, "the body is larger than the service accepts"),
@@ -84,6 +86,11 @@ _RETRY_AFTER: Json = {
     "description": "Seconds to wait before trying again.",
     "required": True,
     "schema": {"type": "integer", "minimum": 0},
+}
+_FLY_REPLAY: Json = {
+    "description": "The machine that holds the job, for Fly's proxy to replay the request on.",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^instance=[0-9a-z]{1,40}$"},
 }
 _WWW_AUTHENTICATE: Json = {
     "description": "The bearer challenge.",
@@ -137,6 +144,8 @@ def _errors(*codes: str) -> dict[str, Json]:
             response["headers"] = {"Retry-After": _RETRY_AFTER}
         elif status == 401:
             response["headers"] = {"WWW-Authenticate": _WWW_AUTHENTICATE}
+        elif status == 421:
+            response["headers"] = {"fly-replay": _FLY_REPLAY}
         responses[str(status)] = response
     return responses
 
@@ -306,14 +315,16 @@ def _api_paths() -> Json:
                 "operationId": "getJob",
                 "summary": "A job's state",
                 "responses": {"200": _job_response("The job.", location=False),
-                              **_errors("unauthorized", "not_found", "store_unavailable")},
+                              **_errors("unauthorized", "not_found", "held_elsewhere",
+                                        "store_unavailable")},
             },
             "delete": {
                 "operationId": "cancelJob",
                 "summary": "Cancel a queued or running job; it stays readable",
                 "responses": {
                     "202": _job_response("Accepted: the job ends `cancelled` promptly."),
-                    **_errors("unauthorized", "not_found", "not_cancellable", "store_unavailable"),
+                    **_errors("unauthorized", "not_found", "not_cancellable", "held_elsewhere",
+                              "store_unavailable"),
                 },
             },
         },
@@ -327,7 +338,8 @@ def _api_paths() -> Json:
                 "responses": {
                     "200": _stream_response(),
                     "204": {"description": "The client already has the terminal event."},
-                    **_errors("invalid_last_event_id", "unauthorized", "not_found", "store_unavailable",
+                    **_errors("invalid_last_event_id", "unauthorized", "not_found", "held_elsewhere",
+                              "store_unavailable",
                               "too_many_streams"),
                 },
             },

@@ -11,9 +11,16 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pipeline.contract import DEFAULT_PAGE, MAX_PAGE, MAX_PREFER_WAIT_S, RETRY_AFTER_S, JobStatus
+from pipeline.contract import (
+    DEFAULT_PAGE,
+    JOB_ID_PATTERN,
+    MAX_PAGE,
+    MAX_PREFER_WAIT_S,
+    RETRY_AFTER_S,
+    JobStatus,
+)
 from pipeline.errors import KeyTaken, NotCancellable, QueueFull, ShuttingDown, StoreUnavailable
-from pipeline.job import Job
+from pipeline.job import Job, machine_of
 from pipeline.payloads import JobList
 
 from .access import client_address, owner_of
@@ -29,6 +36,7 @@ RETRY_AFTER = str(RETRY_AFTER_S)
 READY_TIMEOUT_S = 1.0
 _PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 _EVENT_ID = re.compile(r"[0-9]{1,18}")  # \d would take any Unicode digit
 
 
@@ -48,11 +56,31 @@ def _job_response(job: Job, status: int) -> Response:
 
 
 async def _owned_job(request: Request, owner: str | None) -> Job:
+    job_id = request.path_params["job_id"]
+    _send_to_holder(request, job_id)
     # Another owner's job is answered exactly like a missing one, so ids leak nothing.
-    job = await _service(request).store.get(request.path_params["job_id"])
+    job = await _service(request).store.get(job_id)
     if job is None or job.owner != owner:
-        raise ApiError(404, "not_found", "No job with this id (it may have expired).")
+        raise _not_found()
     return job
+
+
+def _send_to_holder(request: Request, job_id: str) -> None:
+    """On Fly without Redis, a job lives on the machine its id names: a request for it that
+    lands elsewhere is answered `fly-replay`, and Fly's proxy replays it on that machine."""
+    settings = _service(request).settings
+    machine = machine_of(job_id)
+    if not settings.placed_ids or machine in (None, settings.machine_id):
+        return
+    if not _JOB_ID.fullmatch(job_id) or "fly-replay-src" in request.headers:
+        raise _not_found()  # not an id we made, or replayed here already: that machine is gone
+    raise ApiError(421, "held_elsewhere",
+                   "Another machine holds this job; Fly's proxy replays the request there.",
+                   headers={"fly-replay": f"instance={machine}"})
+
+
+def _not_found() -> ApiError:
+    return ApiError(404, "not_found", "No job with this id (it may have expired).")
 
 
 def _shutting_down() -> ApiError:

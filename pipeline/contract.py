@@ -61,5 +61,8 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 #: seconds a client is asked to wait (`Retry-After`) when the service is full or stopping
 RETRY_AFTER_S = 5
-#: what a job id looks like: `j_` and 22 URL-safe characters (128 bits of randomness)
-JOB_ID_PATTERN = "^j_[A-Za-z0-9_-]{22}$"
+#: what a job id looks like: `j_`, on Fly without Redis the machine that holds the job and a
+#: dot, then 22 URL-safe characters (128 bits of randomness)
+JOB_ID_PATTERN = "^j_(?:[0-9a-z]{1,40}\\.)?[A-Za-z0-9_-]{22}$"
+#: what a machine id may look like (Fly's are 14 lowercase hex digits)
+MACHINE_ID_PATTERN = "^[0-9a-z]{1,40}$"

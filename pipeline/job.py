@@ -12,12 +12,18 @@ from .contract import TERMINAL_EVENTS, TERMINAL_STATUSES, JobStatus, Stage
 from .errors import TransitionError
 from .payloads import JobErrorBody
 
-__all__ = ["Event", "Job", "JobStatus", "Stage", "new_job_id"]
+__all__ = ["Event", "Job", "JobStatus", "Stage", "machine_of", "new_job_id"]
 
 
-def new_job_id() -> str:
-    """An opaque id with 128 bits of randomness; a later owner prefix stays possible."""
-    return "j_" + secrets.token_urlsafe(16)
+def new_job_id(machine: str | None = None) -> str:
+    """An opaque id with 128 bits of randomness, naming the `machine` that holds the job."""
+    return "j_" + (f"{machine}." if machine else "") + secrets.token_urlsafe(16)
+
+
+def machine_of(job_id: str) -> str | None:
+    """The machine a job id names, if it names one."""
+    head, dot, _ = job_id.removeprefix("j_").partition(".")
+    return head if dot else None
 
 
 def _iso(timestamp: float) -> str:

@@ -19,7 +19,7 @@ from .contract import JobStatus
 from .errors import JobError, KeyTaken, LeaseLost, NotCancellable, QueueFull, ShuttingDown, StoreUnavailable
 from .events import JobEvents
 from .flow import build_flow, new_shared, resume_stage
-from .job import Job
+from .job import Job, new_job_id
 from .llm import LLM
 from .messages import FlowEnded, Report
 from .metrics import Metrics
@@ -69,7 +69,8 @@ class JobRunner:
         if self.draining:
             raise ShuttingDown
         self._check_room()
-        job = Job(topic=topic, owner=owner)
+        job = Job(topic=topic, owner=owner,
+                  id=new_job_id(self.settings.machine_id if self.settings.placed_ids else None))
         # Stored with its first event before it can start, so that event is always `queued`.
         first = StatusEvent(status=JobStatus.queued, stage=job.stage, progress=job.progress)
         if (holder := await self.store.add(job, idempotency, first)) != job.id:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .contract import MACHINE_ID_PATTERN
 from .errors import ArticleStreamError
 
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
@@ -80,12 +82,21 @@ class Settings:
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://",
                                                                          "unix://")):
             raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://.")
+        if self.machine_id is not None and not re.fullmatch(MACHINE_ID_PATTERN, self.machine_id):
+            raise SettingsError(f"FLY_MACHINE_ID is {self.machine_id!r}; use 1 to 40 lowercase "
+                                "letters and digits.")
         if self.lease_s < 1:
             raise SettingsError(f"LEASE_SECONDS is {self.lease_s:g}; it must be at least 1.")
         for name in ("max_running_jobs", "max_stored_jobs", "max_llm_calls", "outline_attempts", "llm_stream_attempts",
                      "section_concurrency", "max_streams", "max_body_bytes", "max_topic_chars"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} is {getattr(self, name)}; it must be at least 1.")
+
+    @property
+    def placed_ids(self) -> bool:
+        """Whether job ids name their machine: on Fly, when no Redis lets any machine serve any
+        job, so a request for another machine's job can be sent there (`fly-replay`)."""
+        return self.machine_id is not None and self.redis_url is None
 
     @property
     def provider(self) -> Literal["anthropic", "offline"]:

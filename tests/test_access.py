@@ -14,7 +14,9 @@ from starlette.requests import Request
 from api.access import client_address, exposure_warning
 from pipeline.settings import Settings
 
-BEHIND_PROXIES = Settings(trusted_proxies=(ip_network("10.0.0.0/8"), ip_network("fdaa::/16")))
+# On Fly: FLY_MACHINE_ID is set, so Fly-Client-IP counts.
+BEHIND_PROXIES = Settings(trusted_proxies=(ip_network("10.0.0.0/8"), ip_network("fdaa::/16")),
+                          machine_id="148e21ea7e4389")
 
 
 def request(peer: str | None, headers: dict[str, str] | None = None) -> Request:
@@ -66,6 +68,13 @@ ADDRESSES = [
                          ids=[case[0] for case in ADDRESSES])
 def test_client_address(peer: str | None, headers: dict[str, str], client: str) -> None:
     assert client_address(request(peer, headers), BEHIND_PROXIES) == client
+
+
+def test_off_fly_a_client_cannot_name_itself_with_fly_client_ip() -> None:
+    # Another platform's proxy may pass a client's own Fly-Client-IP on untouched.
+    elsewhere = replace(BEHIND_PROXIES, machine_id=None)
+    headers = {"fly-client-ip": "198.51.100.1", "x-forwarded-for": "203.0.113.1"}
+    assert client_address(request("10.0.0.2", headers), elsewhere) == "203.0.113.1"
 
 
 def test_no_header_is_believed_without_trusted_proxies() -> None:
