@@ -85,6 +85,9 @@ class Settings:
         if self.machine_id is not None and not re.fullmatch(MACHINE_ID_PATTERN, self.machine_id):
             raise SettingsError(f"FLY_MACHINE_ID is {self.machine_id!r}; use 1 to 40 lowercase "
                                 "letters and digits.")
+        if self.heartbeat_s <= 0:
+            raise SettingsError(f"HEARTBEAT_SECONDS is {self.heartbeat_s:g}; it must be more than 0 "
+                                "(a quiet stream needs a keep-alive now and then).")
         if self.lease_s < 1:
             raise SettingsError(f"LEASE_SECONDS is {self.lease_s:g}; it must be at least 1.")
         for name in ("max_running_jobs", "max_stored_jobs", "max_llm_calls", "outline_attempts", "llm_stream_attempts",

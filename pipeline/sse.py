@@ -4,8 +4,8 @@ A parser splits the stream into lines on CR, LF or CRLF, so `data` may hold any
 text: each of its lines becomes one `data:` field and the parser joins them
 back with LF. That makes CR and CRLF inside data come back as LF; this is the
 format's own rule, not a loss we can avoid. `id` and `event` are single fields,
-so a line break (or, for `id`, a NUL, which makes a parser ignore the field)
-is refused rather than silently changed.
+so a line break or a NUL (which makes a parser ignore an `id`, and which the
+contract keeps out of both) is refused rather than silently changed.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def encode(data: str, *, event: str | None = None, id: str | None = None) -> byt
             raise FrameError(f"An event id cannot hold CR, LF or NUL: {id!r}")
         lines.append(f"id: {id}")
     if event is not None:
-        if not event or "\r" in event or "\n" in event:
+        if not event or "\r" in event or "\n" in event or "\0" in event:
             # An empty name would reach the client as "message".
-            raise FrameError(f"An event name must be non-empty, without CR or LF: {event!r}")
+            raise FrameError(f"An event name must be non-empty, without CR, LF or NUL: {event!r}")
         lines.append(f"event: {event}")
     # A space after the colon is always written, because a parser strips exactly
     # one leading space: data that itself starts with a space survives intact.

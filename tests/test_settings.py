@@ -39,6 +39,10 @@ def test_a_key_picks_anthropic_with_a_current_model() -> None:
         ({"STREAM_DELTAS": "maybe"}, "STREAM_DELTAS is 'maybe'; use 1 or 0."),
         ({"TRUSTED_PROXIES": "not-an-ip"}, "TRUSTED_PROXIES holds an address"),
         ({"MAX_RUNNING_JOBS": "0"}, "MAX_RUNNING_JOBS is 0; it must be at least 1."),
+        ({"HEARTBEAT_SECONDS": "0"}, "HEARTBEAT_SECONDS is 0; it must be more than 0"),
+        ({"FLY_MACHINE_ID": "Machine-1"}, "FLY_MACHINE_ID is 'Machine-1'; use 1 to 40 lowercase"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL must start with redis://"),
+        ({"LEASE_SECONDS": "0.5"}, "LEASE_SECONDS is 0.5; it must be at least 1."),
     ],
 )
 def test_a_bad_value_is_named(env: dict[str, str], message: str) -> None:
