@@ -177,12 +177,13 @@ class RedisJobRunner(JobRunner):
             elif job is not None:
                 await self.events.finish(job, JobStatus.failed, WORKER_LOST)
         except Exception as exc:
-            taken_over = _only(exc, LeaseLost)
+            taken_over = _only(exc, LeaseLost | StoreUnavailable)
             raise
         finally:
             self.store.release(job_id)
             entry = self._entries.pop(job_id)
-            # A job taken over keeps its entry: it is the lease of the instance that runs it now.
+            # A job taken over keeps its entry: it is the lease of the instance that runs it now
+            # (or, with the store away, of the one that takes it over later).
             if job_id not in self._handed_back and not taken_over:
                 with anyio.CancelScope(shield=True):
                     await self._done(entry)

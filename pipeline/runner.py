@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from functools import partial
+from types import UnionType
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -168,6 +169,10 @@ class JobRunner:
         except Exception as exc:
             if _only(exc, LeaseLost):
                 logger.info("another instance has taken the job over", extra={"job_id": job_id})
+            elif _only(exc, StoreUnavailable):
+                # Its lease runs out, and an instance that can reach the store resumes it.
+                logger.warning("the store is away: the job is left to be taken over",
+                               extra={"job_id": job_id})
             else:
                 # A bug in the runner itself: the job still ends, and the service lives on.
                 logger.exception("job runner failed", extra={"job_id": job_id})
@@ -254,7 +259,7 @@ class JobRunner:
         self.metrics.running_jobs.set(self.running)
 
 
-def _only(exc: BaseException, kind: type[Exception]) -> bool:
+def _only(exc: BaseException, kind: type[Exception] | UnionType) -> bool:
     """Whether `exc` is a `kind`, or a group of nothing else (a task group's way to raise)."""
     if isinstance(exc, BaseExceptionGroup):
         return exc.subgroup(lambda inner: not isinstance(inner, kind | BaseExceptionGroup)) is None
