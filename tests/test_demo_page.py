@@ -260,6 +260,30 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
         assert texts[-1] == finals[key]
 
 
+def test_ended_job_shows_from_its_snapshot_when_streams_keep_being_refused(
+    start_server: Callable[..., Any], page: Page
+) -> None:
+    server = start_server(OFFLINE_LLM_DELAY_MS="50")
+    refused = [0]
+
+    def refuse(route: Route) -> None:
+        refused[0] += 1
+        route.fulfill(status=503, content_type="application/json",
+                      body='{"error": {"code": "unavailable", "message": "Not now."}}')
+
+    page.route(re.compile(r"/api/jobs/[^/]+/events"), refuse)
+    page.goto(f"{server.url}/")
+    job_id = submit_topic(page, server.url, "Refused streams")
+
+    # The page asks for the job after each refusal and tries the stream again; only the third
+    # refusal in a row of a job that has ended lets the snapshot stand in for the rest.
+    wait_finished(page)
+    assert refused == [3]
+    job = fetch_job(server.url, job_id)
+    assert page.locator("#article").text_content() == job["article"]
+    expect(page.locator("#outline li .outline-title")).to_have_text(job["sections"])
+
+
 def test_security_headers_and_clean_console(start_server: Callable[..., Any], page: Page) -> None:
     server = start_server(OFFLINE_LLM_DELAY_MS="50")
     problems: list[str] = []
