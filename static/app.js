@@ -17,6 +17,8 @@
   const GONE = "This job no longer exists; it may have expired.";
   // How long to wait before asking again when the stream was refused (e.g. 429).
   const RETRY_MS = 3000;
+  // Refused streams in a row after which an ended job's snapshot stands in for the rest.
+  const REFUSALS_BEFORE_SNAPSHOT = 3;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -68,6 +70,7 @@
       outcome: null, // {kind: "done" | "error" | "cancelled", code, message}
       lastEventId: 0,
       connection: "connecting",
+      refusals: 0, // streams refused in a row (HTTP error, no event-stream, cut in its head)
       cancelling: false,
     };
   }
@@ -201,6 +204,7 @@
     }
     es.addEventListener("open", () => {
       if (es !== source) return;
+      model.refusals = 0;
       model.connection = "live";
       render();
     });
@@ -219,7 +223,9 @@
     });
   }
 
-  // The stream was refused: the job itself says whether it ended or we should try again.
+  // The stream was refused: the job itself says whether it is gone; else try the stream again.
+  // A job that has ended still has every event stored, and only its stream carries the
+  // sections' text, so the snapshot stands in for the rest only when streams keep failing.
   async function reconcile(id) {
     const { res, body } = await callApi("GET", jobPath(id));
     if (!model || model.id !== id || model.outcome) return;
@@ -228,7 +234,9 @@
       render();
       return;
     }
-    if (res && res.ok && body && applySnapshot(body)) {
+    model.refusals += 1;
+    const givingUp = model.refusals >= REFUSALS_BEFORE_SNAPSHOT;
+    if (givingUp && res && res.ok && body && applySnapshot(body)) {
       render();
       return;
     }

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+
+from .flaky_proxy import FlakyProxy, Stream
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -44,6 +49,26 @@ new MutationObserver((records) => {
     const seen = (window.__texts[key] ||= []);
     if (el.textContent && seen[seen.length - 1] !== el.textContent) seen.push(el.textContent);
   }
+}).observe(document, {childList: true, subtree: true, characterData: true});
+"""
+
+# Records, after every change to the page, the most times any section's card, its title on a
+# card, or its outline entry was on screen at once.
+COUNT_SCRIPT = """
+window.__most = {cards: {}, titles: {}, outline: {}};
+window.__changes = 0;
+const tally = (most, keys) => {
+  const now = {};
+  for (const key of keys) now[key] = (now[key] || 0) + 1;
+  for (const [key, n] of Object.entries(now)) most[key] = Math.max(most[key] || 0, n);
+};
+const texts = (selector) => [...document.querySelectorAll(selector)].map((n) => n.textContent);
+new MutationObserver(() => {
+  window.__changes += 1;
+  const most = window.__most;
+  tally(most.cards, [...document.querySelectorAll("#sections .section")].map((c) => c.dataset.index));
+  tally(most.titles, texts("#sections .section-title"));
+  tally(most.outline, texts("#outline .outline-title"));
 }).observe(document, {childList: true, subtree: true, characterData: true});
 """
 
@@ -117,6 +142,17 @@ def assert_sections_once(page: Page, url: str, job_id: str) -> None:
     assert page.locator("#sections .section-body").all_text_contents() == [
         expected[i]["content"] for i in sorted(expected)
     ]
+
+
+def assert_texts_only_grew(page: Page, url: str, job: dict[str, Any]) -> None:
+    """No delta applied twice or lost: every text the page ever showed grew toward the final one."""
+    finals = {f"section-{i}": s["content"] for i, s in section_events(url, job["id"]).items()}
+    finals["article"] = job["article"]
+    shown: dict[str, list[str]] = page.evaluate("window.__texts")
+    assert set(shown) == set(finals)
+    for key, texts in shown.items():
+        assert all(finals[key].startswith(text) for text in texts), key
+        assert texts[-1] == finals[key]
 
 
 def test_topic_becomes_finished_article(start_server: Callable[..., Any], page: Page) -> None:
@@ -250,14 +286,133 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
     job = fetch_job(server.url, job_id)
     assert_sections_once(page, server.url, job_id)
     assert page.locator("#article").text_content() == job["article"]
-    # No delta applied twice or lost: every text the page ever showed grew toward the final one.
-    finals = {f"section-{i}": s["content"] for i, s in section_events(server.url, job_id).items()}
-    finals["article"] = job["article"]
-    shown: dict[str, list[str]] = page.evaluate("window.__texts")
-    assert set(shown) == set(finals)
-    for key, texts in shown.items():
-        assert all(finals[key].startswith(text) for text in texts), key
-        assert texts[-1] == finals[key]
+    assert_texts_only_grew(page, server.url, job)
+
+
+@pytest.fixture
+def flaky_proxy() -> Iterator[Callable[..., FlakyProxy]]:
+    """Factory: `flaky_proxy(url, budget)` puts a FlakyProxy in front of the server at `url`."""
+    proxies: list[FlakyProxy] = []
+
+    def start(url: str, budget: Callable[[], int]) -> FlakyProxy:
+        port = urlsplit(url).port
+        assert port is not None
+        proxies.append(FlakyProxy(port, budget))
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+def resumed_after(stream: Stream) -> int:
+    """The last event id a stream request said its client had (0: none)."""
+    query = parse_qs(urlsplit(stream.target).query).get("last_event_id", [])
+    raw = stream.last_event_id if stream.last_event_id is not None else (query or ["0"])[-1]
+    return int(raw)
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+# Each event stream is cut after a seeded random number of bytes, counted from its status line,
+# so every run cuts alike. Most cuts fall in the body and past the largest event (`done`, ~3 kB,
+# after a ~460-byte head), so each of those connections brings at least one whole event. The
+# 2nd and 3rd streams are cut in their head, before the content type: EventSource gives up on
+# those, and the page asks for the job and opens a stream of its own. With the server's
+# `retry: 2000` and the page's 3 s wait after a refused stream, the 3rd comes after the job ended.
+CUT_SEED = 7
+BODY_CUT_BYTES = (4_000, 7_000)
+HEAD_CUT_BYTES = {2: (20, 60), 3: (20, 60)}
+
+
+def cut_budgets(seed: int) -> Callable[[], int]:
+    rng = random.Random(seed)
+    streams = iter(range(1, 1_000))
+
+    def budget() -> int:
+        return rng.randint(*HEAD_CUT_BYTES.get(next(streams), BODY_CUT_BYTES))
+
+    return budget
+
+
+def test_page_survives_a_network_that_cuts_every_stream(
+    start_server: Callable[..., Any], flaky_proxy: Callable[..., FlakyProxy], page: Page
+) -> None:
+    server = start_server(OFFLINE_LLM_DELAY_MS="2000")
+    proxy = flaky_proxy(server.url, cut_budgets(CUT_SEED))
+    page.add_init_script(COUNT_SCRIPT)
+    page.goto(f"{proxy.url}/")  # so the page's requests, its EventSource too, go through it
+    job_id = submit_topic(page, proxy.url, "Flaky networks")
+
+    wait_finished(page)
+    job = fetch_job(server.url, job_id)
+    assert job["status"] == "succeeded"
+
+    # The page never showed a section twice, shows each once now, and the exact article.
+    changes, most = page.evaluate("[window.__changes, window.__most]")
+    assert changes > 0
+    indexes = [str(i) for i in range(len(job["sections"]))]
+    assert most == {
+        "cards": dict.fromkeys(indexes, 1),
+        "titles": dict.fromkeys(job["sections"], 1),
+        "outline": dict.fromkeys(job["sections"], 1),
+    }
+    assert_sections_once(page, server.url, job_id)
+    assert page.locator("#article").text_content() == job["article"]
+    assert_texts_only_grew(page, server.url, job)
+
+    # The network really was that bad: every stream before the one that brought `done` was cut
+    # (that one may be too, past its end), at least twice while the job was still running, in
+    # the middle of an event, and in a head both before and after the job ended.
+    streams = list(proxy.streams)
+    assert [e.get("event") for e in streams[-1].events()][-1:] == ["done"]
+    assert all(s.cut_at is not None for s in streams[:-1])
+    finished = epoch(job["finished_at"])
+    cuts = [(s.cut_at, s) for s in streams if s.cut_at is not None]
+    assert len([at for at, _ in cuts if at < finished]) >= 2
+    assert any(s.cut_mid_frame() for _, s in cuts)
+    head_cuts = [at for at, s in cuts if s.cut_in_head()]
+    assert min(head_cuts) < finished < max(head_cuts)
+    # Both ways back were taken: EventSource's own reconnect (it sends Last-Event-ID), and the
+    # page's, after asking for the job, once EventSource had given up (it resumes by query).
+    assert any(s.last_event_id is not None for s in streams)
+    assert any("last_event_id=" in s.target for s in streams)
+    assert f"GET /api/jobs/{job_id} HTTP/1.1" in proxy.requests
+    # Each reconnect asked for the events after one it had (a cut may also lose the last whole
+    # frames forwarded, so not always the last of them), and the server went on from there.
+    had = 0
+    for stream in streams:
+        after = resumed_after(stream)
+        assert after <= had, stream.target
+        ids = [int(e["id"]) for e in stream.events() if "id" in e]
+        assert ids == list(range(after + 1, after + 1 + len(ids))), stream.target
+        had = max([had, *ids])
+
+
+def test_ended_job_shows_from_its_snapshot_when_streams_keep_being_refused(
+    start_server: Callable[..., Any], page: Page
+) -> None:
+    server = start_server(OFFLINE_LLM_DELAY_MS="50")
+    refused = [0]
+
+    def refuse(route: Route) -> None:
+        refused[0] += 1
+        route.fulfill(status=503, content_type="application/json",
+                      body='{"error": {"code": "unavailable", "message": "Not now."}}')
+
+    page.route(re.compile(r"/api/jobs/[^/]+/events"), refuse)
+    page.goto(f"{server.url}/")
+    job_id = submit_topic(page, server.url, "Refused streams")
+
+    # The page asks for the job after each refusal and tries the stream again; only the third
+    # refusal in a row of a job that has ended lets the snapshot stand in for the rest.
+    wait_finished(page)
+    assert refused == [3]
+    job = fetch_job(server.url, job_id)
+    assert page.locator("#article").text_content() == job["article"]
+    expect(page.locator("#outline li .outline-title")).to_have_text(job["sections"])
 
 
 def test_security_headers_and_clean_console(start_server: Callable[..., Any], page: Page) -> None:
