@@ -196,7 +196,11 @@ async def job_events(request: Request) -> Response | EventStream:
                 raise ApiError(400, "invalid_last_event_id",
                                "Last-Event-ID must be an event id (digits).")
             after = int(raw)
-    if job.terminal and await service.store.read(job.id, after, timeout_s=0) is None:
+    # Read once before answering: on Redis this starts the job's follower, so a store that
+    # is away is a JSON 503 now rather than a stream cut after its headers.
+    if await service.store.read(job.id, after, timeout_s=0) is None:
+        if not job.terminal:
+            raise _not_found()  # it expired just now
         return Response(status_code=204)  # the client already has the terminal event
     if service.metrics.streams_open >= service.settings.max_streams:
         raise ApiError(429, "too_many_streams", "Too many open event streams; try again shortly.",

@@ -15,6 +15,7 @@ import anyio
 from starlette.types import Receive, Scope, Send
 
 from pipeline import sse
+from pipeline.errors import StoreUnavailable
 from pipeline.job import Event
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
@@ -91,7 +92,13 @@ class EventStream:
         """Send events until the log ends (True) or the client is dropped (False)."""
         after = self.after
         while True:
-            events = await self.store.read(self.job_id, after, timeout_s=self.settings.heartbeat_s)
+            try:
+                events = await self.store.read(self.job_id, after,
+                                               timeout_s=self.settings.heartbeat_s)
+            except StoreUnavailable:
+                # Redis is away: the stream stays open on keep-alives until it is back.
+                await anyio.sleep(min(1.0, self.settings.heartbeat_s))
+                events = []
             if events is None:
                 return True
             if not events:

@@ -34,7 +34,7 @@ T = TypeVar("T")
 #: seconds any one command may take before Redis counts as hung
 COMMAND_TIMEOUT_S = 5.0
 #: connections of the command pool; a burst of commands waits for one rather than opening more
-POOL_SIZE = 64
+POOL_SIZE = 128
 #: a job claimed this many times (each time its instance died) fails with `worker_lost`
 MAX_CLAIMS = 3
 _LIST_BATCH = 50
@@ -56,9 +56,10 @@ def connect(url: str, *, timeout_s: float = COMMAND_TIMEOUT_S, connections: int 
     """A client of at most `connections` connections (more callers wait for one), whose
     commands time out: a hung Redis is an error, not a stuck request. `name` shows in
     Redis's CLIENT LIST, so an operator can tell instances apart."""
-    # Waiting for a free connection is load, not Redis being away: it may take longer.
+    # Waiting for a free connection is load, not Redis being away: callers queue for one as
+    # long as it takes, and only a command that is sent has a deadline.
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=connections, timeout=2 * timeout_s, socket_timeout=timeout_s,
+        url, max_connections=connections, timeout=None, socket_timeout=timeout_s,
         socket_connect_timeout=2.0, health_check_interval=10, client_name=name)
     return redis.Redis.from_pool(pool)  # the client owns the pool, and closes it
 
