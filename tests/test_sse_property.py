@@ -41,9 +41,10 @@ SETTINGS = settings(max_examples=300, deadline=None)
 
 
 def can_carry(event: str | None, id: str | None) -> bool:
-    """The spec's limits, written apart from the encoder's own checks."""
+    """The spec's and the contract's limits (no CR, LF or NUL in `id` or `event`), written
+    apart from the encoder's own checks."""
     id_ok = id is None or not any(char in id for char in "\r\n\0")
-    event_ok = event is None or (event != "" and not any(char in event for char in "\r\n"))
+    event_ok = event is None or (event != "" and not any(char in event for char in "\r\n\0"))
     return id_ok and event_ok
 
 
