@@ -104,9 +104,11 @@ class RedisJobRunner(JobRunner):
                 reply = await self.blocking.xreadgroup(keys.GROUP, self.name, {keys.QUEUE: ">"},
                                                        count=free, block=int(BLOCK_S * 1000))
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._create_group()
+                if "NOGROUP" in str(exc):
+                    await self._create_group()
+                    continue
+                logger.error("the work queue refused a read (%s); trying again", exc)
+                await anyio.sleep(RETRY_S)
                 continue
             except (RedisError, OSError) as exc:
                 logger.warning("cannot read the work queue (%s); trying again", exc)
@@ -203,8 +205,9 @@ class RedisJobRunner(JobRunner):
             async with redis_errors():
                 await self.blocking.xgroup_create(keys.QUEUE, keys.GROUP, id="0", mkstream=True)
         except StoreUnavailable as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+            if "BUSYGROUP" not in str(exc):  # another instance made it first: fine
+                logger.warning("cannot create the work queue's group (%s); trying again", exc)
+                await anyio.sleep(RETRY_S)
 
     # -- shutdown ----------------------------------------------------------------------
 
