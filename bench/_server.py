@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -147,6 +148,9 @@ def run_server(*, script: Path = APP, bare: bool = False, **env: str) -> Iterato
                     f"(log: {log_path}):\n{server.log_tail()}"
                 ) from exc
             raise
+        else:
+            # a clean run leaves no log behind; a failed one keeps it, named in the error
+            shutil.rmtree(log_dir, ignore_errors=True)
     finally:
         if proc.poll() is None:
             stopping = time.perf_counter()

@@ -115,13 +115,18 @@ async def jobs_worker(shard: JobsShard, gate: Gate) -> list[JobResult | str]:
     try:
         await gate()
         count = len(shard.urls)
-        results = await asyncio.wait_for(asyncio.gather(
-            *(one_job(client, shard.urls[i % count], shard.urls[(i + 1) % count], i)
-              for client, i in zip(clients, shard.indices)),
-            return_exceptions=True), shard.timeout_s)
+        tasks = [asyncio.create_task(one_job(client, shard.urls[i % count], shard.urls[(i + 1) % count], i))
+                 for client, i in zip(clients, shard.indices)]
+        # Jobs still running at the deadline are reported as such, with what did finish.
+        _, late = await asyncio.wait(tasks, timeout=shard.timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
-    return [r if isinstance(r, JobResult) else repr(r) for r in results]
+    return [f"not finished within {shard.timeout_s:.0f} s" if task in late
+            else task.result() if task.exception() is None else repr(task.exception())
+            for task in tasks]
 
 
 def warm_up(server: Server) -> None:
@@ -184,6 +189,9 @@ def report(run: JobsRun, delay_ms: int, figures: Figures) -> None:
     figures.add("done", terminals["done"])
     figures.add("terminals", json.dumps(dict(terminals)))
     figures.add("client_failures", len(failures))
+    if failures:
+        kinds = Counter(failure.split("(", 1)[0] if "(" in failure else failure for failure in failures)
+        figures.add("client_failure_kinds", json.dumps(dict(kinds)))
     for number, failure in enumerate(failures[:3], 1):
         figures.add(f"client_failure_{number}", failure[:200])
     if finished:
