@@ -67,6 +67,7 @@ class Usage:
         return max(0.0, self.machine_busy_s - ours - self.interrupts_s)
 
     def add_to(self, figures: Figures, per: int | None = None, per_name: str = "job") -> None:
+        figures.add("measured_window_s", self.seconds, ".1f")
         figures.add("server_cpu_s", self.server_cpu_s, ".2f")
         if per:
             figures.add(f"server_cpu_ms_per_{per_name}", self.server_cpu_s * 1000 / per, ".2f")

@@ -65,6 +65,8 @@ class JobResult:
     done_latency_s: float | None
     #: seconds after the submit at which the last event of each type arrived
     marks: dict[str, float]
+    #: the `code` of an `error` or `cancelled` terminal event
+    code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ async def one_job(client: httpx.AsyncClient, submit_url: str, stream_url: str,
                 result.events += 1
                 result.marks[frame.event] = at - submitted_at
                 if frame.event in TERMINAL_EVENTS:
-                    finished_at = json.loads(frame.data).get("finished_at")
+                    data = json.loads(frame.data)
+                    finished_at, result.code = data.get("finished_at"), data.get("code")
                     if finished_at:
                         result.done_latency_s = time.time() - datetime.fromisoformat(finished_at).timestamp()
                     result.terminal = frame.event
@@ -188,6 +191,8 @@ def report(run: JobsRun, delay_ms: int, figures: Figures) -> None:
     figures.add("delay_ms", delay_ms)
     figures.add("done", terminals["done"])
     figures.add("terminals", json.dumps(dict(terminals)))
+    if codes := Counter(r.code for r in finished if r.code):
+        figures.add("terminal_error_codes", json.dumps(dict(codes)))
     figures.add("client_failures", len(failures))
     if failures:
         kinds = Counter(failure.split("(", 1)[0] if "(" in failure else failure for failure in failures)

@@ -30,6 +30,7 @@ from _server import Server, free_port, process_rss_mib, run_server
 from concurrent_jobs import DEFAULT_CLIENTS, jobs_env, report, run_jobs, warm_up
 
 SAMPLE_INTERVAL_S = 0.25
+HARNESS_NAME = "bench-harness"
 #: a job not done this long after its submit is reported as not finished (150 x the ideal)
 RUN_TIMEOUT_S = 90.0
 
@@ -70,22 +71,25 @@ def redis_server() -> Iterator[RedisProcess]:
 class ConnectionSampler:
     """The most Redis connections each instance held at once, from CLIENT LIST every 250 ms.
 
-    The service names each connection after its instance (`<host>-<pid>-<random>`); a
-    connection it has opened but not yet named, and the harness's own, count as unnamed."""
+    The service names each connection after its instance (`<host>-<pid>-<random>`); one it has
+    opened but not named yet is counted as unnamed (the harness names its own, and skips them);
+    `total_peak` counts every connection but the harness's."""
 
     def __init__(self, url: str, servers: list[Server]) -> None:
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, client_name=HARNESS_NAME)
         self.servers = servers
         self.peak: Counter[int] = Counter()
         self.unnamed_peak = 0
+        self.total_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="redis-clients", daemon=True)
 
     def _sample(self) -> None:
-        names = [entry["name"] for entry in self.client.client_list()]
+        names = [entry["name"] for entry in self.client.client_list() if entry["name"] != HARNESS_NAME]
         for number, server in enumerate(self.servers, 1):
             self.peak[number] = max(self.peak[number], sum(1 for n in names if f"-{server.pid}-" in n))
         self.unnamed_peak = max(self.unnamed_peak, names.count(""))
+        self.total_peak = max(self.total_peak, len(names))
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL_S):
@@ -113,7 +117,7 @@ def part_redis(*, jobs: int, delay_ms: int, clients: int, instances: int = 2) ->
         servers = [stack.enter_context(run_server(REDIS_URL=store.url, **env)) for _ in range(instances)]
         for server in servers:
             warm_up(server)
-        monitor = redis.Redis.from_url(store.url)
+        monitor = redis.Redis.from_url(store.url, client_name=HARNESS_NAME)
         memory_before = monitor.info("memory")["used_memory"]
         with ConnectionSampler(store.url, servers) as connections:
             run = run_jobs(servers, jobs, clients, timeout_s=RUN_TIMEOUT_S, extra_pids=[store.pid])
@@ -129,6 +133,7 @@ def part_redis(*, jobs: int, delay_ms: int, clients: int, instances: int = 2) ->
     for number in range(1, instances + 1):
         figures.add(f"redis_connections_peak_instance{number}", connections.peak[number])
     figures.add("redis_connections_unnamed_peak", connections.unnamed_peak)
+    figures.add("redis_connections_total_peak", connections.total_peak)
     return figures
 
 
