@@ -284,8 +284,9 @@ How the parts measure, in short (each module's docstring has the rest):
   its first body byte. Event latency is measured on the `done` event: its data's `finished_at`
   (ISO, whole milliseconds) to the client's parse time, both from this machine's wall clock;
   the cut to the millisecond can read up to 1 ms high. Server CPU is per job of the run.
-- `memory`: RSS a second run of N jobs adds while jobs are kept, per job; then on a server with a
-  small `JOB_TTL_SECONDS`, three runs back to back, RSS read after the sweep forgot every job.
+- `memory`: the RSS that N finished jobs add while kept, per job (run 50 at a time after a warm-up
+  batch, so that a run's own peak does not hide them); then on a server with a small
+  `JOB_TTL_SECONDS`, three runs of N at once back to back, RSS read after the sweep forgot every job.
 - `idle`: streams on running jobs that send nothing (a huge delay keeps them in their outline
   call), `HEARTBEAT_SECONDS` 2; on time = no gap between arrivals over HEARTBEAT_SECONDS + 1 s.
 - `abandon`: streams opened then closed mid-stream, twice; the open-streams gauge must reach 0.
@@ -298,8 +299,9 @@ How the parts measure, in short (each module's docstring has the rest):
 - `cold_start`: `python app.py` with only HOST and PORT set, process start to the first 200 from
   /readyz (polled every 5 ms).
 - `redis`: the `jobs` run on two instances sharing a redis-server the harness starts, job i
-  submitted to instance i % 2 and streamed from the other; connections per instance from
-  CLIENT LIST matched to each instance's sockets (and to the name it gives them).
+  submitted to instance i % 2 and streamed from the other; a job not done within 90 s counts as
+  a failure. Connections per instance from CLIENT LIST every 250 ms, by the name each instance
+  gives its connections; one opened but not yet named counts as unnamed, and the total as well.
 - `locust`: locustfile.py, headless, against `python app.py` with only HOST and PORT set (its
   defaults: `OFFLINE_LLM_DELAY_MS` 300, `MAX_RUNNING_JOBS` 100, `MAX_LLM_CALLS` 100).
 """
