@@ -1,25 +1,25 @@
-"""Bench helpers: run `python app.py` on a free loopback port, read its /proc figures, parse SSE."""
+"""Bench helpers: run `python app.py` on a free loopback port, and read /proc figures."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
 # The benches run as scripts from bench/; the contract's words come from the service itself.
 sys.path.insert(0, str(ROOT))
 from pipeline.contract import TERMINAL_EVENTS  # noqa: E402
@@ -38,12 +38,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+def machine_cpu_seconds() -> tuple[float, float, float]:
+    """(busy, total, interrupts) CPU seconds of the whole machine so far, from /proc/stat.
+
+    Interrupts (irq + softirq) belong to no process: loopback traffic is handled there in part.
+    """
     ticks = [int(n) for n in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = ticks[3] + ticks[4]  # idle + iowait
     total = sum(ticks[:8])  # guest time is already counted in user
-    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS, (ticks[5] + ticks[6]) / CLOCK_TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # the command name may hold spaces; fields after its closing paren are fixed
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_rss_mib(pid: int) -> float:
+    resident_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return resident_pages * PAGE_BYTES / 2**20
 
 
 def load_average() -> str:
@@ -58,17 +74,15 @@ class Server:
     #: seconds from SIGTERM to exit, once stopped
     stop_s: float | None = None
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def cpu_seconds(self) -> float:
-        """utime + stime of the server process, from /proc/<pid>/stat."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        # the command name may hold spaces; fields after its closing paren are fixed
-        fields = stat.rsplit(")", 1)[1].split()
-        utime, stime = int(fields[11]), int(fields[12])
-        return (utime + stime) / CLOCK_TICKS
+        return process_cpu_seconds(self.proc.pid)
 
     def rss_mib(self) -> float:
-        resident_pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
-        return resident_pages * PAGE_BYTES / 2**20
+        return process_rss_mib(self.proc.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -91,14 +105,22 @@ def _wait_healthy(server: Server) -> None:
     raise RuntimeError(f"server at {server.url} did not become healthy:\n{server.log_tail()}")
 
 
+def bare_env(port: int) -> dict[str, str]:
+    """The environment of the README's `python app.py`, on a loopback `port`: nothing else is set,
+    so the service runs on its defaults (the offline writer, as no ANTHROPIC_API_KEY is passed)."""
+    return {"PATH": os.environ.get("PATH", ""), "HOST": "127.0.0.1", "PORT": str(port)}
+
+
 @contextmanager
-def run_server(**env: str) -> Iterator[Server]:
-    """Run the service with the offline writer plus `env`; on exit SIGTERM it, then kill."""
+def run_server(*, script: Path = APP, bare: bool = False, **env: str) -> Iterator[Server]:
+    """Run `script` (the service) on a free port; on exit SIGTERM it, then kill.
+
+    By default with the offline writer, no rate limit and WARNING logs, plus `env`; `bare` runs
+    it with only HOST and PORT set (`bare_env`), as the README starts it.
+    """
     port = free_port()
-    full_env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
+    full_env = bare_env(port) if bare else {
+        **bare_env(port),
         "LLM_PROVIDER": "offline",
         "RATE_LIMIT_PER_MINUTE": "0",
         "LOG_LEVEL": "WARNING",
@@ -108,7 +130,7 @@ def run_server(**env: str) -> Iterator[Server]:
     log_path = log_dir / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")],
+            [sys.executable, str(script)],
             cwd=ROOT,
             env=full_env,
             stdout=log,
@@ -126,6 +148,9 @@ def run_server(**env: str) -> Iterator[Server]:
                     f"(log: {log_path}):\n{server.log_tail()}"
                 ) from exc
             raise
+        else:
+            # a clean run leaves no log behind; a failed one keeps it, named in the error
+            shutil.rmtree(log_dir, ignore_errors=True)
     finally:
         if proc.poll() is None:
             stopping = time.perf_counter()
@@ -136,25 +161,6 @@ def run_server(**env: str) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=STOP_TIMEOUT_S)
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """Yield (event, data) for each job event of an SSE response; comments and retry are skipped."""
-    event, data_lines = "message", []
-    async for line in response.aiter_lines():
-        if line == "":
-            if data_lines:
-                yield event, json.loads("\n".join(data_lines))
-            event, data_lines = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "data":
-                data_lines.append(value)
 
 
 def percentile(values: list[float], fraction: float) -> float:

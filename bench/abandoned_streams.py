@@ -1,19 +1,26 @@
-"""Bench: open many streams on a few slow running jobs, abandon them, and watch the server let go.
+"""Bench part: open many streams on a few slow running jobs, abandon them, watch the server let go.
 
-Run from the repository root: `.venv/bin/python bench/abandoned_streams.py --streams 1000`.
-It starts the service itself on a free 127.0.0.1 port and prints one `name: value` line per figure.
+Run alone from the repository root: `.venv/bin/python bench/abandoned_streams.py --streams 1000`
+(bench/run.py runs it as the `abandon` part). It starts the service itself on a free 127.0.0.1
+port; client processes open the streams and close them mid-stream, while the harness reads
+the open-streams gauge and polls /healthz from a thread of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from _server import STOP_TIMEOUT_S, Server, run_server
+from _clients import Clients, Gate, split
+from _measure import Figures
+from _server import Server, run_server
+from _sse import RawStream
+from concurrent_jobs import DEFAULT_CLIENTS, stop_figure
 
 OPEN_CONCURRENCY = 100
 OPEN_TIMEOUT_S = 60.0
@@ -35,83 +42,82 @@ def gauge_lines(metrics: str, needle: str) -> dict[str, float]:
     return samples
 
 
-async def open_streams_gauge(client: httpx.AsyncClient) -> float | None:
-    response = await client.get("/metrics")
+def open_streams_gauge(probe: httpx.Client) -> float | None:
     samples = {
         name: value
-        for name, value in gauge_lines(response.text, "open_streams").items()
+        for name, value in gauge_lines(probe.get("/metrics").text, "open_streams").items()
         if not name.split("{", 1)[0].endswith(("_created", "_total"))
     }
     return sum(samples.values()) if samples else None
 
 
-@dataclass
-class OpenStream:
-    response: httpx.Response
-    # held so that garbage collection cannot close the connection before we mean to
-    chunks: AsyncIterator[bytes]
-
-    async def abandon(self) -> None:
-        """Close the connection mid-stream without reading the rest."""
-        await self.chunks.aclose()  # type: ignore[attr-defined]
-        await self.response.aclose()
+@dataclass(frozen=True)
+class AbandonShard:
+    url: str
+    #: stream i watches job_ids[i % len]
+    job_ids: tuple[str, ...]
+    indices: range
 
 
-async def open_one(
-    client: httpx.AsyncClient, job_id: str, gate: asyncio.Semaphore
-) -> OpenStream:
-    """Open a stream and wait for its first bytes, so the server holds it as open."""
-    async with gate:
-        request = client.build_request("GET", f"/api/jobs/{job_id}/events")
-        response = await client.send(request, stream=True)
-        if response.status_code != 200:
-            await response.aclose()
-            raise RuntimeError(f"stream answered {response.status_code}")
-        chunks = response.aiter_raw()
-        await chunks.__anext__()
-        return OpenStream(response, chunks)
+async def abandon_worker(shard: AbandonShard, gate: Gate) -> list[str]:
+    """Open the shard's streams and wait for their first bytes; at the start, close them all
+    mid-stream without reading the rest. Returns the failures to open."""
+    gate_open = asyncio.Semaphore(OPEN_CONCURRENCY)
+
+    async def open_one(index: int) -> RawStream:
+        async with gate_open:
+            stream = await RawStream.open(shard.url, f"/api/jobs/{shard.job_ids[index % len(shard.job_ids)]}/events")
+            try:
+                await stream.chunks().__anext__()
+            except BaseException:
+                stream.close()
+                raise
+            return stream
+
+    opened = await asyncio.wait_for(
+        asyncio.gather(*(open_one(i) for i in shard.indices), return_exceptions=True), OPEN_TIMEOUT_S)
+    await gate()
+    for stream in opened:
+        if isinstance(stream, RawStream):
+            stream.close()
+    await asyncio.sleep(0)  # let the transports send their FINs
+    return [repr(r) for r in opened if not isinstance(r, RawStream)]
 
 
-def print_watched(label: str, metrics: str) -> None:
+def add_watched(figures: Figures, label: str, metrics: str) -> None:
     for needle in WATCHED_METRICS:
         for name, value in gauge_lines(metrics, needle).items():
-            print(f"{label}: {name} {value:g}")
+            figures.add(f"{label}:{name}", value, "g")
 
 
-async def one_round(server: Server, client: httpx.AsyncClient, probe: httpx.AsyncClient,
-                    job_ids: list[str], streams: int, round_no: int) -> None:
+def one_round(server: Server, probe: httpx.Client, job_ids: tuple[str, ...], streams: int,
+              clients: int, round_no: int, figures: Figures) -> None:
     """Open `streams` streams spread over the jobs, abandon them all, wait for the gauge."""
-    gate = asyncio.Semaphore(OPEN_CONCURRENCY)
-    started = time.perf_counter()
-    opened = await asyncio.gather(
-        *(open_one(client, job_ids[i % len(job_ids)], gate) for i in range(streams)),
-        return_exceptions=True,
-    )
-    streams_open = [r for r in opened if isinstance(r, OpenStream)]
-    failures = [r for r in opened if not isinstance(r, OpenStream)]
     prefix = f"round{round_no}"
-    print(f"{prefix}_streams_opened: {len(streams_open)} of {streams} in "
-          f"{time.perf_counter() - started:.2f}s")
-    for failure in failures[:3]:
-        print(f"{prefix}_open_failure: {failure!r}")
-    print(f"{prefix}_gauge_while_open: {await open_streams_gauge(probe)}")
-    print_watched(f"{prefix}_metric_while_open", (await probe.get("/metrics")).text)
-    print(f"{prefix}_server_rss_mib_while_open: {server.rss_mib():.1f}")
-    statuses = [(await probe.get(f"/api/jobs/{j}")).json()["status"] for j in job_ids]
-    print(f"{prefix}_job_statuses_at_abandon: {statuses}")
-
-    abandoned_at = time.perf_counter()
-    await asyncio.gather(*(stream.abandon() for stream in streams_open))
-    gauge = await open_streams_gauge(probe)
+    shards = [AbandonShard(server.url, job_ids, indices) for indices in split(streams, clients)]
+    with Clients(abandon_worker, shards, timeout_s=OPEN_TIMEOUT_S + 30) as procs:
+        procs.ready()
+        opened_s = procs.ready_s
+        figures.add(f"{prefix}_gauge_while_open", str(open_streams_gauge(probe)))
+        add_watched(figures, f"{prefix}_metric_while_open", probe.get("/metrics").text)
+        figures.add(f"{prefix}_server_rss_mib_while_open", server.rss_mib(), ".1f")
+        statuses = [probe.get(f"/api/jobs/{j}").json()["status"] for j in job_ids]
+        figures.add(f"{prefix}_job_statuses_at_abandon", json.dumps(statuses))
+        abandoned_at = time.perf_counter()
+        failures = [f for shard in procs.go().results for f in shard]
+    figures.add(f"{prefix}_streams_opened", f"{streams - len(failures)} of {streams} in {opened_s:.2f}s")
+    for number, failure in enumerate(failures[:3], 1):
+        figures.add(f"{prefix}_open_failure_{number}", failure[:200])
+    gauge = open_streams_gauge(probe)
     deadline = abandoned_at + DRAIN_TIMEOUT_S
     while gauge and time.perf_counter() < deadline:
-        await asyncio.sleep(POLL_INTERVAL_S)
-        gauge = await open_streams_gauge(probe)
-    print(f"{prefix}_gauge_after_abandon: {gauge}")
-    print(f"{prefix}_gauge_zero_after_s: {time.perf_counter() - abandoned_at:.2f}"
-          if gauge == 0 else f"{prefix}_gauge_zero_after_s: not within {DRAIN_TIMEOUT_S:.0f}s")
-    print_watched(f"{prefix}_metric_after", (await probe.get("/metrics")).text)
-    print(f"{prefix}_server_rss_mib_after: {server.rss_mib():.1f}")
+        time.sleep(POLL_INTERVAL_S)
+        gauge = open_streams_gauge(probe)
+    figures.add(f"{prefix}_gauge_after_abandon", str(gauge))
+    figures.add(f"{prefix}_gauge_zero_after_s", time.perf_counter() - abandoned_at if gauge == 0
+                else f"not within {DRAIN_TIMEOUT_S:.0f}s", ".2f")
+    add_watched(figures, f"{prefix}_metric_after", probe.get("/metrics").text)
+    figures.add(f"{prefix}_server_rss_mib_after", server.rss_mib(), ".1f")
 
 
 @dataclass
@@ -123,60 +129,58 @@ class Health:
     slowest_s: float = 0.0
 
 
-async def poll_healthz(client: httpx.AsyncClient, stop: asyncio.Event, health: Health) -> None:
-    """GET /healthz every POLL_INTERVAL_S until `stop` is set."""
-    while not stop.is_set():
-        started = time.perf_counter()
-        try:
-            answered = (await client.get("/healthz")).status_code == 200
-        except httpx.HTTPError:
-            answered = False
-        health.polls += 1
-        health.ok += int(answered)
-        health.slowest_s = max(health.slowest_s, time.perf_counter() - started)
-        await asyncio.sleep(POLL_INTERVAL_S)
+def poll_healthz(url: str, stop: threading.Event, health: Health) -> None:
+    """GET /healthz every POLL_INTERVAL_S until `stop` is set (in a thread of its own)."""
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                answered = client.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                answered = False
+            health.polls += 1
+            health.ok += int(answered)
+            health.slowest_s = max(health.slowest_s, time.perf_counter() - started)
+            stop.wait(POLL_INTERVAL_S)
 
 
-async def run(server: Server, streams: int, jobs: int, rounds: int) -> None:
-    limits = httpx.Limits(max_connections=streams + 20, max_keepalive_connections=20)
-    timeout = httpx.Timeout(OPEN_TIMEOUT_S)
-    health, stop = Health(), asyncio.Event()
-    async with (
-        httpx.AsyncClient(base_url=server.url, limits=limits, timeout=timeout) as client,
-        # clients of their own, so polling never waits on the streaming client's pool
-        httpx.AsyncClient(base_url=server.url, timeout=10.0) as probe,
-        httpx.AsyncClient(base_url=server.url, timeout=10.0) as health_client,
-        asyncio.TaskGroup() as tg,
-    ):
-        tg.create_task(poll_healthz(health_client, stop, health))
+def part_abandon(*, streams: int, jobs: int, rounds: int, clients: int,
+                 delay_ms: int = 20000) -> Figures:
+    """Open and abandon the streams `rounds` times on `jobs` running jobs, then cancel them."""
+    figures = Figures()
+    env = {
+        "OFFLINE_LLM_DELAY_MS": str(delay_ms),
+        "MAX_RUNNING_JOBS": str(max(jobs, 4)),
+        "MAX_QUEUED_JOBS": "100",
+        "MAX_STREAMS": str(streams + 100),
+        "DRAIN_SECONDS": "1",
+    }
+    for name, value in (("streams", streams), ("jobs", jobs), ("rounds", rounds), ("delay_ms", delay_ms)):
+        figures.add(name, value)
+    health, stop = Health(), threading.Event()
+    with run_server(**env) as server, httpx.Client(base_url=server.url, timeout=10.0) as probe:
+        metrics_before = probe.get("/metrics").text
+        figures.add("open_streams_metric", ", ".join(sorted(gauge_lines(metrics_before, "open_streams")))
+                    or "(none)")
+        add_watched(figures, "metric_before", metrics_before)
+        figures.add("server_rss_mib_before", server.rss_mib(), ".1f")
+        job_ids = tuple(probe.post("/api/jobs", json={"topic": f"Abandon topic {i}"}).raise_for_status()
+                        .json()["id"] for i in range(jobs))
+        poller = threading.Thread(target=poll_healthz, args=(server.url, stop, health), daemon=True)
+        poller.start()
         try:
-            await bench(server, client, probe, streams, jobs, rounds)
+            for round_no in range(1, rounds + 1):
+                one_round(server, probe, job_ids, streams, clients, round_no, figures)
         finally:
             stop.set()
-    print(f"healthz_200_while_running: {health.ok} of {health.polls}")
-    print(f"healthz_slowest_s: {health.slowest_s:.3f}")
-
-
-async def bench(server: Server, client: httpx.AsyncClient, probe: httpx.AsyncClient,
-                streams: int, jobs: int, rounds: int) -> None:
-    """Open and abandon the streams `rounds` times on `jobs` running jobs, then cancel them."""
-    metrics_before = (await probe.get("/metrics")).text
-    gauge_names = sorted(gauge_lines(metrics_before, "open_streams")) or ["(none)"]
-    print(f"open_streams_metric: {', '.join(gauge_names)}")
-    print_watched("metric_before", metrics_before)
-    print(f"server_rss_mib_before: {server.rss_mib():.1f}")
-
-    job_ids = []
-    for index in range(jobs):
-        response = await probe.post("/api/jobs", json={"topic": f"Abandon topic {index}"})
-        response.raise_for_status()
-        job_ids.append(response.json()["id"])
-    for round_no in range(1, rounds + 1):
-        await one_round(server, client, probe, job_ids, streams, round_no)
-
-    cancels = [(await probe.delete(f"/api/jobs/{j}")).status_code for j in job_ids]
-    print(f"cancel_statuses: {cancels}")
-    print_watched("metric_after_cancel", (await probe.get("/metrics")).text)
+            poller.join()
+        cancels = [probe.delete(f"/api/jobs/{j}").status_code for j in job_ids]
+        figures.add("cancel_statuses", json.dumps(cancels))
+        add_watched(figures, "metric_after_cancel", probe.get("/metrics").text)
+    figures.add("healthz_200_while_running", f"{health.ok} of {health.polls}")
+    figures.add("healthz_slowest_s", health.slowest_s, ".3f")
+    stop_figure(server, figures)
+    return figures
 
 
 def main() -> None:
@@ -187,22 +191,10 @@ def main() -> None:
                         help="open-and-abandon rounds; RSS that keeps growing would be a leak")
     parser.add_argument("--delay-ms", type=int, default=20000,
                         help="OFFLINE_LLM_DELAY_MS: slow enough that jobs outlive the bench")
+    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="client processes")
     args = parser.parse_args()
-    env = {
-        "OFFLINE_LLM_DELAY_MS": str(args.delay_ms),
-        "MAX_RUNNING_JOBS": str(max(args.jobs, 4)),
-        "MAX_QUEUED_JOBS": "100",
-        "MAX_STREAMS": str(args.streams + 100),
-        "DRAIN_SECONDS": "1",
-    }
-    print(f"streams: {args.streams}")
-    print(f"jobs: {args.jobs}")
-    print(f"rounds: {args.rounds}")
-    print(f"delay_ms: {args.delay_ms}")
-    with run_server(**env) as server:
-        asyncio.run(run(server, args.streams, args.jobs, args.rounds))
-    print(f"server_stop_after_sigterm_s: {server.stop_s:.2f}" if server.stop_s is not None
-          else f"server_stop_after_sigterm_s: over {STOP_TIMEOUT_S:.0f}, killed")
+    part_abandon(streams=args.streams, jobs=args.jobs, rounds=args.rounds, clients=args.clients,
+                 delay_ms=args.delay_ms).print()
 
 
 if __name__ == "__main__":
