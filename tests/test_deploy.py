@@ -25,14 +25,14 @@ from pipeline.settings import Settings
 
 from .conftest import ROOT
 
-# Memory figures from bench/RESULTS.md (RSS of the server, offline writer).
-REST_MIB = 38.0
-#: a finished job kept with its event log (five rounds of 100 jobs)
-STORED_JOB_KIB = 20.0
-#: an open stream: 1000 abandoned streams took RSS from 37.1 to 69.7 MiB
-STREAM_KIB = (69.7 - 37.1) * 1024 / 1000
-#: a running job at its peak, with its stream: 100 at once took RSS from 38.0 to 50.2 MiB
-RUNNING_JOB_KIB = (50.2 - 38.0) * 1024 / 100
+# Memory figures from bench/RESULTS.md (`bench/run.py`: RSS of the server, offline writer).
+REST_MIB = 54.0
+#: a finished job kept with its event log (memory: rss_kib_held_per_finished_job)
+STORED_JOB_KIB = 23.1
+#: an open stream (idle: server_rss_kib_per_stream, 5,000 streams)
+STREAM_KIB = 33.4
+#: a running job at its peak, with its stream: 100 at once took RSS from 54.0 to 67.0 MiB
+RUNNING_JOB_KIB = (67.0 - 54.0) * 1024 / 100
 #: for what the bench did not measure: the Anthropic SDK, longer real articles, kept peaks
 HEADROOM = 2.0
 
