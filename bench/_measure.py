@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from _server import load_average, machine_cpu_seconds, process_cpu_seconds, process_rss_mib
 
@@ -112,19 +112,39 @@ class Meter:
         )
 
 
-@dataclass
-class RssSampler:
+class Sampler:
+    """Calls `sample()` at once, then every `interval_s` in a thread, until `stop()`."""
+
+    def __init__(self, interval_s: float, name: str) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+
+class RssSampler(Sampler):
     """Samples the RSS of `pids` from /proc in a thread; `peak_mib[pid]` is the highest seen."""
 
-    pids: Sequence[int]
-    interval_s: float = RSS_SAMPLE_INTERVAL_S
-    peak_mib: dict[int, float] = field(default_factory=dict)
+    def __init__(self, pids: Sequence[int], interval_s: float = RSS_SAMPLE_INTERVAL_S) -> None:
+        super().__init__(interval_s, "rss-sampler")
+        self.pids = pids
+        self.peak_mib: dict[int, float] = {}
 
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _sample(self) -> None:
+    def sample(self) -> None:
         for pid in self.pids:
             try:
                 rss = process_rss_mib(pid)
@@ -132,19 +152,13 @@ class RssSampler:
                 continue
             self.peak_mib[pid] = max(self.peak_mib.get(pid, 0.0), rss)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
     def __enter__(self) -> RssSampler:
-        self._sample()
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
+        self.stop()
+        self.sample()
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> float | None:

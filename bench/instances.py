@@ -16,7 +16,6 @@ import argparse
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from _measure import Figures
+from _measure import Figures, Sampler
 from _server import Server, free_port, process_rss_mib, run_server
 from concurrent_jobs import DEFAULT_CLIENTS, jobs_env, report, run_jobs, warm_up
 
@@ -68,7 +67,7 @@ def redis_server() -> Iterator[RedisProcess]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class ConnectionSampler:
+class ConnectionSampler(Sampler):
     """The most Redis connections each instance held at once, from CLIENT LIST every 250 ms.
 
     The service names each connection after its instance (`<host>-<pid>-<random>`); one it has
@@ -76,33 +75,26 @@ class ConnectionSampler:
     `total_peak` counts every connection but the harness's."""
 
     def __init__(self, url: str, servers: list[Server]) -> None:
+        super().__init__(SAMPLE_INTERVAL_S, "redis-clients")
         self.client = redis.Redis.from_url(url, client_name=HARNESS_NAME)
         self.servers = servers
         self.peak: Counter[int] = Counter()
         self.unnamed_peak = 0
         self.total_peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="redis-clients", daemon=True)
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         names = [entry["name"] for entry in self.client.client_list() if entry["name"] != HARNESS_NAME]
         for number, server in enumerate(self.servers, 1):
             self.peak[number] = max(self.peak[number], sum(1 for n in names if f"-{server.pid}-" in n))
         self.unnamed_peak = max(self.unnamed_peak, names.count(""))
         self.total_peak = max(self.total_peak, len(names))
 
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_INTERVAL_S):
-            self._sample()
-
     def __enter__(self) -> ConnectionSampler:
-        self._sample()
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop()
         self.client.close()
 
 
