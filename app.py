@@ -24,7 +24,7 @@ from api import routes
 from api.access import exposure_warning
 from api.errors import EXCEPTION_HANDLERS
 from api.middleware import AccessLog, JsonCORSMiddleware, SecurityHeaders
-from api.ratelimit import Limiter, RateLimiter, RedisRateLimiter
+from api.ratelimit import Limiter, RateLimiter
 from api.service import Service
 from pipeline.backend import Backend, open_backend
 from pipeline.llm import LLM, Provider, build_provider
@@ -99,6 +99,8 @@ def _limiter(settings: Settings, backend: Backend) -> Limiter:
     """Submit buckets where the jobs are: shared on Redis, else in this process."""
     rate = {"per_minute": settings.rate_limit_per_minute, "burst": settings.rate_limit_burst}
     if backend.shared is not None:
+        from api.ratelimit_redis import RedisRateLimiter
+
         return RedisRateLimiter(backend.shared.client, **rate)
     return RateLimiter(**rate)
 

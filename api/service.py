@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.metrics import Metrics
-from pipeline.redis_store import RedisJobStore
 from pipeline.runner import JobRunner
 from pipeline.settings import Settings
 from pipeline.store import JobStore
 
 from .ratelimit import Limiter
+
+if TYPE_CHECKING:  # redis is imported only when REDIS_URL is set
+    from pipeline.redis_store import RedisJobStore
 
 
 @dataclass

@@ -13,18 +13,20 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .llm import LLM
 from .metrics import Metrics
-from .redis_log import LogHub
-from .redis_runner import BLOCK_S, RedisJobRunner
-from .redis_store import COMMAND_TIMEOUT_S, RedisJobStore, connect
 from .runner import JobRunner
 from .settings import Settings
 from .store import JobStore, MemoryJobStore
+
+if TYPE_CHECKING:  # redis (a tenth of a second to import) only when REDIS_URL is set
+    from .redis_log import LogHub
+    from .redis_store import RedisJobStore
 
 #: the subscription waits this long for a message before it pings; its timeout is longer
 _PUBSUB_TIMEOUT_S = 15.0
@@ -53,6 +55,10 @@ async def open_backend(settings: Settings, llm: LLM, metrics: Metrics) -> AsyncI
         memory = MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_stored_jobs)
         yield Backend(memory, JobRunner(memory, llm, settings, metrics))
         return
+    from .redis_log import LogHub
+    from .redis_runner import BLOCK_S, RedisJobRunner
+    from .redis_store import COMMAND_TIMEOUT_S, RedisJobStore, connect
+
     name = instance_name(settings)
     client = connect(settings.redis_url, name=name)
     blocking = connect(settings.redis_url, timeout_s=BLOCK_S + COMMAND_TIMEOUT_S, connections=1,

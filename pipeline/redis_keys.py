@@ -22,7 +22,6 @@ FINISHED = PREFIX + "finished"
 EVENTS_CHANNEL = PREFIX + "events"
 #: job ids whose running instance must stop them
 CANCEL_CHANNEL = PREFIX + "cancel"
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def job_key(job_id: str) -> str:

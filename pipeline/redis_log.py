@@ -191,6 +191,3 @@ class LogHub:
             for job_id, follower in list(self._followers.items()):
                 if follower.readers == 0 and follower.last_read < cutoff:
                     del self._followers[job_id]
-
-    def __len__(self) -> int:
-        return len(self._followers)

@@ -184,6 +184,3 @@ class MemoryJobStore:
         if entry.idempotency is not None:
             self._idempotency.pop((entry.job.owner, entry.idempotency[0]), None)
         entry.changed.set()  # readers waiting on it learn it is gone
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,3 +44,10 @@ def test_llm_calls_wait_for_a_place_and_the_wait_shows_in_metrics(
                      20, f"job {job_id} to succeed")
     assert metric(served.url, "articlestream_llm_calls_waiting") == 0
     assert metric(served.url, "articlestream_llm_place_wait_seconds_count") >= 1
+
+
+def test_without_redis_url_redis_is_not_even_imported() -> None:
+    # Start-up pays for Redis (about a tenth of a second to import) only when it is used.
+    check = "import sys, app; print('redis' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
