@@ -23,9 +23,10 @@ from starlette.staticfiles import StaticFiles
 from api import routes
 from api.access import exposure_warning
 from api.errors import EXCEPTION_HANDLERS
-from api.middleware import AccessLog, JsonCORSMiddleware, SecurityHeaders
+from api.middleware import AccessLog, JsonCORSMiddleware
 from api.ratelimit import Limiter, RateLimiter
 from api.service import Service
+from api.stream import OpenStreams
 from pipeline.backend import Backend, open_backend
 from pipeline.llm import LLM, Provider, build_provider
 from pipeline.logs import configure_logging
@@ -55,7 +56,7 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
                     shared=backend.shared,
                     metrics=metrics,
                     limiter=_limiter(settings, backend),
-                    closing=asyncio.Event(),
+                    streams=OpenStreams(settings.send_timeout_s),
                 )
                 async with _serve(service, backend, shutdown_requested):
                     yield {"service": service}
@@ -65,7 +66,7 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
     async def index(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html")
 
-    middleware = [Middleware(AccessLog), Middleware(SecurityHeaders)]
+    middleware = [Middleware(AccessLog)]
     if settings.cors_origins:
         middleware.append(Middleware(
             JsonCORSMiddleware,
@@ -117,12 +118,13 @@ async def _serve(service: Service, backend: Backend,
     async with anyio.create_task_group() as tg:
         await tg.start(backend.run)
         tg.start_soon(drain_on_request)
+        tg.start_soon(service.streams.watch)
         try:
             yield
         finally:
             with anyio.CancelScope(shield=True):
                 if service.runner.draining:
-                    await service.closing.wait()  # the signal's drain is under way
+                    await service.streams.closed.wait()  # the signal's drain is under way
                 else:
                     # Without a signal (an embedding server, a test) it happens here.
                     await drain(service)
@@ -134,7 +136,7 @@ async def drain(service: Service) -> None:
     try:
         await service.runner.drain()
     finally:
-        service.closing.set()
+        service.streams.close_all()
 
 
 class Server(uvicorn.Server):

@@ -206,7 +206,7 @@ async def job_events(request: Request) -> Response | EventStream:
         raise ApiError(429, "too_many_streams", "Too many open event streams; try again shortly.",
                        headers={"Retry-After": RETRY_AFTER})
     return EventStream(service.store, job.id, after, settings=service.settings,
-                       metrics=service.metrics, closing=service.closing)
+                       metrics=service.metrics, streams=service.streams)
 
 
 async def healthz(request: Request) -> Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ from pipeline.settings import Settings
 from pipeline.store import JobStore
 
 from .ratelimit import Limiter
+from .stream import OpenStreams
 
 if TYPE_CHECKING:  # redis is imported only when REDIS_URL is set
     from pipeline.redis_store import RedisJobStore
@@ -26,5 +26,5 @@ class Service:
     shared: RedisJobStore | None
     metrics: Metrics
     limiter: Limiter
-    #: set once the drain is over: open streams send a retry hint and end
-    closing: asyncio.Event
+    #: the open event streams, ended once the drain is over
+    streams: OpenStreams

@@ -1,14 +1,15 @@
 """The event stream of one job, as an ASGI response.
 
-Three things race in one task group, and the first to finish ends the others: the
-event pump, a listener for the client's disconnect, and a watcher for shutdown.
-Every `send` carries whole frames, so cancelling one never leaves half a frame.
+The pump runs in the request's own task beside one listener for the client's disconnect;
+shutdown, a stalled write or the disconnect cancel the stream's scope. Every `send` carries
+whole frames, so cancelling one never leaves half a frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -30,63 +31,110 @@ HEADERS = [
 ]
 _KEEP_ALIVE = sse.comment("keep-alive")
 WRITE_BYTES = 64 * 1024
+#: how often OpenStreams looks for stalled writes
+SWEEP_S = 1.0
+
+
+class OpenStreams:
+    """Every open stream: ended together on shutdown, and cut when a write stalls.
+
+    One sweep a second finds writes that have waited past SEND_TIMEOUT_SECONDS, so a
+    write costs no timer of its own.
+    """
+
+    def __init__(self, send_timeout_s: float) -> None:
+        self.send_timeout_s = send_timeout_s
+        #: set once the drain is over: open streams send a retry hint and end
+        self.closed = asyncio.Event()
+        self._open: set[EventStream] = set()
+
+    def add(self, stream: EventStream) -> None:
+        self._open.add(stream)
+        if self.closed.is_set():
+            stream.scope.cancel()
+
+    def discard(self, stream: EventStream) -> None:
+        self._open.discard(stream)
+
+    def close_all(self) -> None:
+        self.closed.set()
+        for stream in self._open:
+            stream.scope.cancel()
+
+    async def watch(self) -> None:
+        """Cut streams whose client has stopped reading, for as long as the app runs."""
+        while True:
+            await anyio.sleep(SWEEP_S)
+            now = time.monotonic()
+            for stream in self._open:
+                since = stream.writing_since
+                if since is not None and now - since > self.send_timeout_s:
+                    stream.stalled = True
+                    stream.scope.cancel()
 
 
 class EventStream:
     """Replays the job's events after `after`, then follows it live until its terminal event."""
 
     def __init__(self, store: JobStore, job_id: str, after: int, *, settings: Settings,
-                 metrics: Metrics, closing: asyncio.Event) -> None:
+                 metrics: Metrics, streams: OpenStreams) -> None:
         self.store = store
         self.job_id = job_id
         self.after = after
         self.settings = settings
         self.metrics = metrics
-        self.closing = closing
+        self.streams = streams
+        #: cancelled on shutdown, on a stalled write, or when the client goes
+        self.scope = anyio.CancelScope()
+        #: when the write under way began, if one is
+        self.writing_since: float | None = None
+        self.stalled = False
         self.dropped = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.stream_opened()
+        self.streams.add(self)
         try:
             await self._serve(receive, send)
         finally:
+            self.streams.discard(self)
             self.metrics.stream_closed()
 
     async def _serve(self, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        # The first bytes go out at once, before any event exists.
-        if not await self._send(send, sse.retry(self.settings.retry_hint_ms)):
-            return
         finished = False
-        async with anyio.create_task_group() as tg:
-
-            async def pump() -> None:
-                nonlocal finished
-                finished = await self._pump(send)
-                tg.cancel_scope.cancel()
-
-            async def on_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                self.dropped = True
-                tg.cancel_scope.cancel()
-
-            async def on_closing() -> None:
-                await self.closing.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(pump)
-            tg.start_soon(on_disconnect)
-            tg.start_soon(on_closing)
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        with self.scope:
+            # The first bytes go out at once, before any event exists.
+            if await self._send(send, sse.retry(self.settings.retry_hint_ms)):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._on_disconnect, receive)
+                    finished = await self._pump(send)
+                    tg.cancel_scope.cancel()
+        if self.stalled:
+            logger.info("dropped a stream of job %s: the client stopped reading", self.job_id,
+                        extra={"job_id": self.job_id})
+            self.metrics.streams_dropped.inc()
+            return
         if self.dropped:
             return
         if not finished:
             # Shutting down: tell the client to come back (elsewhere) soon, then close cleanly.
-            await self._send(send, sse.retry(self.settings.retry_hint_ms))
-        with anyio.move_on_after(self.settings.send_timeout_s) as scope:
+            body = sse.retry(self.settings.retry_hint_ms)
+            with anyio.move_on_after(self.settings.send_timeout_s) as timed:
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            if timed.cancelled_caught:
+                self.metrics.streams_dropped.inc()
+                return
+        with anyio.move_on_after(self.settings.send_timeout_s) as timed:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if scope.cancelled_caught:
+        if timed.cancelled_caught:
             self.metrics.streams_dropped.inc()
+
+    async def _on_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.dropped = True
+        self.scope.cancel()
 
     async def _pump(self, send: Send) -> bool:
         """Send events until the log ends (True) or the client is dropped (False)."""
@@ -114,19 +162,15 @@ class EventStream:
                 return True
 
     async def _send(self, send: Send, body: bytes) -> bool:
-        """Write `body`; a client that has not taken it within SEND_TIMEOUT_SECONDS is dropped."""
+        """Write `body`; OpenStreams cuts a write that the client has not taken in time."""
+        self.writing_since = time.monotonic()
         try:
-            with anyio.move_on_after(self.settings.send_timeout_s) as scope:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         except OSError:  # the server noticed the disconnect first
             self.dropped = True
             return False
-        if scope.cancelled_caught:
-            logger.info("dropped a stream of job %s: the client stopped reading", self.job_id,
-                        extra={"job_id": self.job_id})
-            self.metrics.streams_dropped.inc()
-            self.dropped = True
-            return False
+        finally:
+            self.writing_since = None
         return True
 
 

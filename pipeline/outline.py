@@ -12,6 +12,10 @@ MIN_SECTIONS = 2
 MAX_SECTIONS = 8
 MAX_TITLE_CHARS = 200
 
+# libyaml's loader when PyYAML has it (the wheels do): the pure-Python one was 3 % of the CPU
+# under load. Both are safe loaders: plain data, no Python objects.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _FENCE = re.compile(r"```(?:ya?ml)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -20,7 +24,7 @@ def parse_outline(text: str) -> list[str]:
     fenced = _FENCE.search(text)
     source = fenced.group(1) if fenced else text
     try:
-        document = yaml.safe_load(source)
+        document = yaml.load(source, Loader=_Loader)
     except yaml.YAMLError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadOutline(f"The outline was not valid YAML ({reason}).") from None
