@@ -57,6 +57,21 @@ def top_lines(raw: str, count: int) -> tuple[int, list[tuple[str, int, int]]]:
     return total, [(name, n, incl[name]) for name, n in own.most_common(count)]
 
 
+def callers(raw: str, function: str, count: int) -> list[tuple[str, int]]:
+    """Who calls the frames whose name starts with `function`, by samples."""
+    parents: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        frames = [short(f) for f in stack.split(";")]
+        for above, frame in zip(frames, frames[1:]):
+            if frame.startswith(function):
+                parents[above] += int(samples)
+                break
+    return parents.most_common(count)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -64,6 +79,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--callers", action="append", default=[], metavar="FUNCTION",
+                        help="also print who calls FUNCTION (a name's start, e.g. CancelScope._timeout)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, run_server(**jobs_env(args.jobs, args.delay_ms)) as server:
@@ -79,13 +96,18 @@ def main() -> None:
             _, err = spy.communicate(timeout=60)
         if not out.exists():
             raise RuntimeError(f"py-spy wrote no profile: {err.decode(errors='replace')}")
-        total, lines = top_lines(out.read_text(), args.top)
+        raw = out.read_text()
+        total, lines = top_lines(raw, args.top)
 
     done = sum(1 for r in run.results if getattr(r, "terminal", None) == "done")
     print(f"jobs: {args.jobs}, done: {done}, samples: {total} at {args.rate}/s")
     print(f"{'own %':>6} {'incl %':>6}  function (file)")
     for name, own, incl in lines:
         print(f"{100 * own / total:6.1f} {100 * incl / total:6.1f}  {name}")
+    for function in args.callers:
+        print(f"callers of {function}:")
+        for name, n in callers(raw, function, 8):
+            print(f"{100 * n / total:6.1f}  {name}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,18 @@ import logging
 import time
 
 from .contract import JobStatus, Stage
-from .deltas import DeltaCoalescer
+from .deltas import DeltaCoalescer, LiveParts
 from .job import Job
-from .messages import FlowEnded, OutlineReady, Report, SectionWritten, StageStarted, TextDelta, TextReset
+from .messages import (
+    DeltasDue,
+    FlowEnded,
+    OutlineReady,
+    Report,
+    SectionWritten,
+    StageStarted,
+    TextDelta,
+    TextReset,
+)
 from .metrics import Metrics
 from .payloads import (
     CancelledEvent,
@@ -44,6 +53,7 @@ class JobEvents:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.live = LiveParts(settings.deltas_per_s)
 
     async def started(self, job: Job) -> None:
         job.start()
@@ -79,7 +89,14 @@ class JobEvents:
 
     async def pump(self, job: Job, queue: asyncio.Queue[Report], *, resumed: bool = False) -> None:
         """Apply the nodes' reports to the job until the flow has ended."""
-        coalescer = DeltaCoalescer(self.settings.delta_interval_ms / 1000)
+        coalescer = DeltaCoalescer(self.settings.delta_interval_ms / 1000, self.live)
+        try:
+            await self._pump(job, queue, coalescer, resumed=resumed)
+        finally:
+            coalescer.close()
+
+    async def _pump(self, job: Job, queue: asyncio.Queue[Report], coalescer: DeltaCoalescer, *,
+                    resumed: bool) -> None:
         if resumed:
             # Text the lost instance streamed for unfinished parts is void: clients drop it
             # when the first delta of each part comes, marked `reset`.
@@ -88,48 +105,52 @@ class JobEvents:
                     coalescer.void((Stage.content, unfinished))
             coalescer.void((Stage.style, None))
         stage_started = time.monotonic()
-        while True:
-            wait = coalescer.next_due(time.monotonic())
-            try:
-                # asyncio's timeout, not anyio's: this runs once per chunk of text, and
-                # anyio's backend lookup was a fifth of the service's CPU time here.
-                async with asyncio.timeout(wait):
-                    report = await queue.get()
-            except TimeoutError:
-                for delta in coalescer.due(time.monotonic()):
-                    await self._publish(job, delta)
-                continue
-            match report:
-                case TextDelta(stage, index, text):
-                    if self.settings.stream_deltas and (
-                            ready := coalescer.add((stage, index), text, time.monotonic())):
-                        await self._publish(job, ready)
-                case TextReset(stage, index):
-                    coalescer.reset((stage, index))
-                case SectionWritten(index=index):
-                    # The section's held text goes first: its deltas all come before it.
-                    if held := coalescer.flush((Stage.content, index), time.monotonic()):
-                        await self._publish(job, held)
-                    await self._section(job, report)
-                case StageStarted(stage, message):
-                    if stage is not job.stage:
+        # One timer a job for held text, armed when text is held and none is set, rather
+        # than a timeout around the wait for each chunk (a tenth of the CPU under load).
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                if timer is None and (wait := coalescer.next_due(time.monotonic())) is not None:
+                    timer = loop.call_later(wait, queue.put_nowait, DeltasDue())
+                match await queue.get():
+                    case DeltasDue():
+                        timer = None
+                        for delta in coalescer.due(time.monotonic()):
+                            await self._publish(job, delta)
+                    case TextDelta(stage, index, text):
+                        if self.settings.stream_deltas and (
+                                ready := coalescer.add((stage, index), text, time.monotonic())):
+                            await self._publish(job, ready)
+                    case TextReset(stage, index):
+                        coalescer.reset((stage, index))
+                    case SectionWritten(index=index) as section:
+                        # The section's held text goes first: its deltas all come before it.
+                        if held := coalescer.flush((Stage.content, index), time.monotonic()):
+                            await self._publish(job, held)
+                        await self._section(job, section)
+                    case StageStarted(stage, message):
+                        if stage is not job.stage:
+                            self._observe_stage(job, stage_started)
+                        stage_started = time.monotonic()
+                        job.advance(stage, STAGE_PROGRESS[stage])
+                        await self.store.save(job)
+                        await self._publish(job, ProgressEvent(stage=stage, progress=job.progress,
+                                                               message=message))
+                    case OutlineReady(sections):
+                        job.sections = list(sections)
+                        job.advance(job.stage, OUTLINE_PROGRESS)
+                        await self.store.save(job)
+                        await self._publish(job, OutlineEvent(sections=job.sections,
+                                                              progress=job.progress))
+                    case FlowEnded():
                         self._observe_stage(job, stage_started)
-                    stage_started = time.monotonic()
-                    job.advance(stage, STAGE_PROGRESS[stage])
-                    await self.store.save(job)
-                    await self._publish(job, ProgressEvent(stage=stage, progress=job.progress,
-                                                           message=message))
-                case OutlineReady(sections):
-                    job.sections = list(sections)
-                    job.advance(job.stage, OUTLINE_PROGRESS)
-                    await self.store.save(job)
-                    await self._publish(job, OutlineEvent(sections=job.sections,
-                                                          progress=job.progress))
-                case FlowEnded():
-                    self._observe_stage(job, stage_started)
-                    for delta in coalescer.flush_all(time.monotonic()):
-                        await self._publish(job, delta)
-                    return
+                        for delta in coalescer.flush_all(time.monotonic()):
+                            await self._publish(job, delta)
+                        return
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def _section(self, job: Job, section: SectionWritten) -> None:
         job.contents[section.index] = section.content  # saved: a resumed job keeps it

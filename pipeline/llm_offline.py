@@ -47,11 +47,12 @@ class OfflineProvider:
         self.delay_s = delay_ms / 1000
 
     async def stream(self, prompt: str, *, max_tokens: int) -> AsyncGenerator[str, None]:
-        words = re.findall(r"\S+\s*", self.reply(prompt))
+        words = self.reply(prompt).split(" ")
         # Word-sized chunks, but never more ticks than the clock can honour cheaply.
         ticks = max(1, min(len(words), int(self.delay_s / _MIN_TICK_S)))
         per_chunk = max(1, -(-len(words) // ticks))
-        chunks = ["".join(words[i:i + per_chunk]) for i in range(0, len(words), per_chunk)]
+        chunks = [" ".join(words[i:i + per_chunk]) + " " for i in range(0, len(words), per_chunk)]
+        chunks[-1] = chunks[-1][:-1]  # the reply's own end, with no space added
         loop = asyncio.get_running_loop()
         started = loop.time()
         for n, chunk in enumerate(chunks, 1):

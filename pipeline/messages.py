@@ -58,4 +58,10 @@ class FlowEnded:
     """The workflow stopped, however it ended; the runner puts this, never a node."""
 
 
-Report = StageStarted | OutlineReady | TextDelta | TextReset | SectionWritten | FlowEnded
+@dataclass(frozen=True, slots=True)
+class DeltasDue:
+    """Held live text may go out now; the pump's own timer puts this, never a node."""
+
+
+Report = (StageStarted | OutlineReady | TextDelta | TextReset | SectionWritten | FlowEnded
+          | DeltasDue)

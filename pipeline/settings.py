@@ -55,6 +55,8 @@ class Settings:
     max_streams: int = 10_000
     stream_deltas: bool = True
     delta_interval_ms: int = 50
+    #: all jobs' live text together: past this many deltas a second they come further apart
+    deltas_per_s: int = 4000
     retry_hint_ms: int = 2000
 
     redis_url: str | None = field(default=None, repr=False)
@@ -91,7 +93,7 @@ class Settings:
         if self.lease_s < 1:
             raise SettingsError(f"LEASE_SECONDS is {self.lease_s:g}; it must be at least 1.")
         for name in ("max_running_jobs", "max_stored_jobs", "max_llm_calls", "outline_attempts", "llm_stream_attempts",
-                     "section_concurrency", "max_streams", "max_body_bytes", "max_topic_chars"):
+                     "section_concurrency", "max_streams", "deltas_per_s", "max_body_bytes", "max_topic_chars"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} is {getattr(self, name)}; it must be at least 1.")
 
@@ -144,6 +146,7 @@ class Settings:
             max_streams=reader.integer("MAX_STREAMS", cls.max_streams),
             stream_deltas=reader.flag("STREAM_DELTAS", cls.stream_deltas),
             delta_interval_ms=reader.integer("DELTA_INTERVAL_MS", cls.delta_interval_ms),
+            deltas_per_s=reader.integer("DELTAS_PER_SECOND", cls.deltas_per_s),
             redis_url=reader.optional("REDIS_URL"),
             lease_s=reader.number("LEASE_SECONDS", cls.lease_s),
             machine_id=reader.optional("FLY_MACHINE_ID"),

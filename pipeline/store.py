@@ -143,8 +143,9 @@ class MemoryJobStore:
             self._finished[job_id] = time.time()  # the TTL runs from the log's close
             while len(self._finished) > self.max_jobs:
                 self._forget(next(iter(self._finished)))
+        # Wakes every reader waiting now; cleared at once, as each woken reader has its event.
         entry.changed.set()
-        entry.changed = asyncio.Event()
+        entry.changed.clear()
         return event
 
     async def read(self, job_id: str, after: int, *, timeout_s: float) -> list[Event] | None:

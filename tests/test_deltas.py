@@ -9,7 +9,7 @@ import anyio
 
 from app import create_app
 from pipeline.contract import Stage
-from pipeline.deltas import DeltaCoalescer
+from pipeline.deltas import DeltaCoalescer, LiveParts
 from pipeline.payloads import DeltaEvent
 from pipeline.settings import Settings
 
@@ -30,6 +30,39 @@ def test_the_coalescer_sends_at_most_one_delta_per_interval() -> None:
     sent.extend(coalescer.flush_all(1.0))
     assert len(sent) <= 1.0 / 0.05 + 2
     assert "".join(d.text for d in sent) == "".join(chunks)
+
+
+def deltas_per_part(jobs: int, live: LiveParts) -> float:
+    """Deltas each part sends when `jobs` jobs stream three parts at once, a chunk a ms for 1 s."""
+    coalescers = [DeltaCoalescer(interval_s=0.05, live=live) for _ in range(jobs)]
+    parts = [(Stage.content, index) for index in range(3)]
+    sent = 0
+    for n in range(1000):
+        now = n / 1000
+        for coalescer in coalescers:
+            sent += sum(1 for part in parts if coalescer.add(part, "w ", now))
+    for coalescer in coalescers:
+        sent += len(coalescer.flush_all(1.0))
+    assert live.count == 0, "every part was released when its job's text ended"
+    return sent / (jobs * len(parts))
+
+
+def test_under_load_parts_send_fewer_deltas_not_more() -> None:
+    # 3 jobs stream 9 parts, well under 600 deltas a second: the interval rules.
+    assert deltas_per_part(3, LiveParts(per_s=600)) == 1.0 / 0.05 + 1
+    # 100 jobs stream 300 parts: at most 600 a second in all, so about 2 a part a second.
+    assert deltas_per_part(100, LiveParts(per_s=600)) <= 3
+
+
+def test_a_job_that_stops_midway_releases_its_parts() -> None:
+    live = LiveParts(per_s=600)
+    coalescer = DeltaCoalescer(interval_s=0.05, live=live)
+    coalescer.add((Stage.content, 0), "some text", 0.0)
+    coalescer.add((Stage.content, 1), "more text", 0.0)
+    assert live.count == 2
+    coalescer.close()
+    coalescer.close()
+    assert live.count == 0
 
 
 def test_a_reset_voids_held_text_and_marks_the_next_delta() -> None:
