@@ -98,8 +98,9 @@ class PartsProvider:
 
 
 def serve(serve_app: Callable[[Any], Any], provider: PartsProvider, **overrides: Any) -> Any:
+    # No service-wide budget spacing deltas out: these few jobs are not a load.
     settings = Settings(**{"llm_provider": "offline", "rate_limit_per_minute": 0, "drain_s": 1,
-                           **overrides})
+                           "deltas_per_s": 10**9, **overrides})
     return serve_app(create_app(settings, provider=provider))
 
 

@@ -106,7 +106,9 @@ def test_deltas_can_be_turned_off(start_server) -> None:
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(llm_provider="offline", rate_limit_per_minute=0, drain_s=1, **overrides)
+    # No service-wide budget spacing deltas out: one job is not a load.
+    return Settings(llm_provider="offline", rate_limit_per_minute=0, drain_s=1,
+                    deltas_per_s=10**9, **overrides)
 
 
 def test_a_stream_broken_midway_is_retried_and_clients_drop_the_partial_text(serve_app) -> None:
