@@ -167,6 +167,7 @@ TARGETS = [
     Target("fanout", "events_per_s_over_sse_starlette", ">= 3", lambda v, _: v >= 3),
     Target("encoder", "ours_over_sse_starlette", ">= 3", lambda v, _: v >= 3),
     Target("cold_start", "start_to_ready_p50_s", "<= 0.5 s", lambda v, _: v <= 0.5),
+    Target("cold_start", "rss_mib_added_by_max_running_jobs_100000", "<= 1 MiB", lambda v, _: v <= 1),
 ]
 
 
