@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from playwright.sync_api import Browser, Page
 
+from .browser import launched, opened
 from .ports import free_port
 from .redis_server import RedisServer
 from .redis_server import started as redis_started
@@ -139,3 +141,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, one per test module."""
+    with launched() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page in a context of its own, watched by `tests.browser.WATCH_SCRIPT`."""
+    with opened(browser) as fresh:
+        yield fresh

@@ -7,53 +7,33 @@ import random
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Page, Route, expect
 
+from .browser import (
+    JOB_TIMEOUT_MS,
+    UI_TIMEOUT_MS,
+    assert_article_shown,
+    downloaded,
+    fetch_job,
+    needs_chromium,
+    submit_topic,
+    wait_finished,
+    words,
+)
 from .flaky_proxy import FlakyProxy, Stream
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-JOB_TIMEOUT_MS = 20_000
 # Through a network that cuts every stream the page waits the server's retry hint (2 s) after
 # each cut; it ran 19 s here against the 20 s above and timed out once in CI, so allow 60 s.
 CUT_JOB_TIMEOUT_MS = 60_000
-UI_TIMEOUT_MS = 5_000
-
-# Installed before the page's own script: records what the page ever put on screen.
-WATCH_SCRIPT = """
-window.__imgs = 0;
-window.__violations = [];
-window.__texts = {};
-document.addEventListener("securitypolicyviolation",
-                          (e) => window.__violations.push(e.violatedDirective));
-new MutationObserver((records) => {
-  for (const r of records) for (const n of r.addedNodes) {
-    if (n.nodeType === 1 && (n.tagName === "IMG" || n.querySelector("img"))) window.__imgs += 1;
-  }
-  for (const el of document.querySelectorAll(".section-body, #article")) {
-    const key = el.id || "section-" + el.closest(".section").dataset.index;
-    const seen = (window.__texts[key] ||= []);
-    if (el.textContent && seen[seen.length - 1] !== el.textContent) seen.push(el.textContent);
-  }
-}).observe(document, {childList: true, subtree: true, characterData: true});
-"""
 
 # Records, after every change to the page, the most times any section's card, its title on a
 # card, or its outline entry was on screen at once.
@@ -75,42 +55,7 @@ new MutationObserver(() => {
 }).observe(document, {childList: true, subtree: true, characterData: true});
 """
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    page = context.new_page()
-    page.add_init_script(WATCH_SCRIPT)
-    yield page
-    context.close()
-
-
-def submit_topic(page: Page, url: str, topic: str) -> str:
-    """Type `topic` into the open page and submit it; return the new job's id from the URL."""
-    page.get_by_role("textbox", name="Topic").fill(topic)
-    page.get_by_role("button", name="Write article").click()
-    expect(page).to_have_url(re.compile(r"#job=j_[A-Za-z0-9_-]{22}$"), timeout=UI_TIMEOUT_MS)
-    return page.url.split("#job=", 1)[1]
-
-
-def wait_finished(page: Page, timeout_ms: int = JOB_TIMEOUT_MS) -> None:
-    expect(page.locator("#stage")).to_have_text("Done", timeout=timeout_ms)
-
-
-def fetch_job(url: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/api/jobs/{job_id}", timeout=5)
-    assert response.status_code == 200
-    return response.json()
+pytestmark = needs_chromium
 
 
 def section_events(url: str, job_id: str) -> dict[int, dict[str, Any]]:
@@ -150,10 +95,15 @@ def assert_sections_once(page: Page, url: str, job_id: str) -> None:
 def assert_texts_only_grew(page: Page, url: str, job: dict[str, Any]) -> None:
     """No delta applied twice or lost: every text the page ever showed grew toward the final one."""
     finals = {f"section-{i}": s["content"] for i, s in section_events(url, job["id"]).items()}
-    finals["article"] = job["article"]
     shown: dict[str, list[str]] = page.evaluate("window.__texts")
-    assert set(shown) == set(finals)
+    assert set(shown) == {*finals, "article"}
     for key, texts in shown.items():
+        if key == "article":
+            # The article is rendered Markdown: compare its words (a mark still open while it
+            # streams shows as text, then becomes markup).
+            assert all(words(job["article"]).startswith(words(text)) for text in texts)
+            assert words(texts[-1]) == words(job["article"])
+            continue
         assert all(finals[key].startswith(text) for text in texts), key
         assert texts[-1] == finals[key]
 
@@ -161,7 +111,7 @@ def assert_texts_only_grew(page: Page, url: str, job: dict[str, Any]) -> None:
 def test_topic_becomes_finished_article(start_server: Callable[..., Any], page: Page) -> None:
     server = start_server(OFFLINE_LLM_DELAY_MS="50")
     page.goto(f"{server.url}/")
-    job_id = submit_topic(page, server.url, "Home composting")
+    job_id = submit_topic(page, "Home composting")
 
     wait_finished(page)
     expect(page.locator("#progress")).to_have_js_property("value", 100, timeout=UI_TIMEOUT_MS)
@@ -172,17 +122,19 @@ def test_topic_becomes_finished_article(start_server: Callable[..., Any], page: 
     assert len(job["sections"]) == 3
     expect(page.locator("#outline li .outline-title")).to_have_text(job["sections"])
     assert_sections_once(page, server.url, job_id)
-    article = page.locator("#article")
-    expect(article).to_be_visible()
-    assert article.text_content() == job["article"]
-    expect(article).to_contain_text("offline writer")
+    # The article is rendered: the topic its heading, a heading per section, the label in italics.
+    assert_article_shown(page, job["article"])
+    expect(page.locator("#article h3")).to_have_text("Home composting")
+    expect(page.locator("#article h4")).to_have_text(job["sections"])
+    expect(page.locator("#article em").first).to_contain_text("offline writer")
+    assert downloaded(page) == ("home-composting.md", job["article"])
     expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
 
     # The URL names the job, so a reload shows the same finished job again.
     page.reload()
     wait_finished(page)
     assert_sections_once(page, server.url, job_id)
-    assert page.locator("#article").text_content() == job["article"]
+    assert_article_shown(page, job["article"])
 
 
 def test_topic_markup_is_shown_as_text(start_server: Callable[..., Any], page: Page) -> None:
@@ -191,11 +143,14 @@ def test_topic_markup_is_shown_as_text(start_server: Callable[..., Any], page: P
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     topic = "<img src=x onerror=alert(1)>"
     page.goto(f"{server.url}/")
-    submit_topic(page, server.url, topic)
+    submit_topic(page, topic)
 
     wait_finished(page)
     expect(page.locator("#job-topic")).to_have_text(topic)
-    expect(page.get_by_text(topic, exact=True)).to_be_visible()
+    # As text in the job's head, the article's heading and the recent jobs' link.
+    expect(page.get_by_text(topic, exact=True)).to_have_count(3)
+    expect(page.get_by_role("heading", name=topic, exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name=topic, exact=True)).to_be_visible()
     # The offline writer puts the topic into titles and the article too: all of it stays text.
     expect(page.locator("#article")).to_contain_text(topic)
     assert page.locator("img").count() == 0
@@ -206,7 +161,7 @@ def test_topic_markup_is_shown_as_text(start_server: Callable[..., Any], page: P
 def test_cancel_shows_cancelled_state(start_server: Callable[..., Any], page: Page) -> None:
     server = start_server(OFFLINE_LLM_DELAY_MS="2000")
     page.goto(f"{server.url}/")
-    job_id = submit_topic(page, server.url, "Slow topic")
+    job_id = submit_topic(page, "Slow topic")
 
     cancel = page.get_by_role("button", name="Cancel")
     expect(cancel).to_be_visible(timeout=UI_TIMEOUT_MS)
@@ -223,7 +178,7 @@ def test_cancel_shows_cancelled_state(start_server: Callable[..., Any], page: Pa
 def test_failed_job_shows_its_error(start_server: Callable[..., Any], page: Page) -> None:
     server = start_server(OFFLINE_LLM_DELAY_MS="2000", JOB_TIMEOUT_SECONDS="0.5")
     page.goto(f"{server.url}/")
-    job_id = submit_topic(page, server.url, "Too slow")
+    job_id = submit_topic(page, "Too slow")
 
     error = page.locator("#error")
     expect(error).to_be_visible(timeout=JOB_TIMEOUT_MS)
@@ -278,7 +233,7 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
 
     page.route(re.compile(r"/api/jobs/[^/]+/events"), drop_first_stream)
     page.goto(f"{server.url}/")
-    job_id = submit_topic(page, server.url, "Network drops")
+    job_id = submit_topic(page, "Network drops")
 
     expect(page.locator("#connection")).to_have_text("reconnecting…", timeout=JOB_TIMEOUT_MS)
     wait_finished(page)
@@ -288,7 +243,7 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
 
     job = fetch_job(server.url, job_id)
     assert_sections_once(page, server.url, job_id)
-    assert page.locator("#article").text_content() == job["article"]
+    assert_article_shown(page, job["article"])
     assert_texts_only_grew(page, server.url, job)
 
 
@@ -347,7 +302,7 @@ def test_page_survives_a_network_that_cuts_every_stream(
     proxy = flaky_proxy(server.url, cut_budgets(CUT_SEED))
     page.add_init_script(COUNT_SCRIPT)
     page.goto(f"{proxy.url}/")  # so the page's requests, its EventSource too, go through it
-    job_id = submit_topic(page, proxy.url, "Flaky networks")
+    job_id = submit_topic(page, "Flaky networks")
 
     wait_finished(page, CUT_JOB_TIMEOUT_MS)
     job = fetch_job(server.url, job_id)
@@ -363,7 +318,7 @@ def test_page_survives_a_network_that_cuts_every_stream(
         "outline": dict.fromkeys(job["sections"], 1),
     }
     assert_sections_once(page, server.url, job_id)
-    assert page.locator("#article").text_content() == job["article"]
+    assert_article_shown(page, job["article"])
     assert_texts_only_grew(page, server.url, job)
 
     # The network really was that bad: every stream before the one that brought `done` was cut
@@ -407,14 +362,14 @@ def test_ended_job_shows_from_its_snapshot_when_streams_keep_being_refused(
 
     page.route(re.compile(r"/api/jobs/[^/]+/events"), refuse)
     page.goto(f"{server.url}/")
-    job_id = submit_topic(page, server.url, "Refused streams")
+    job_id = submit_topic(page, "Refused streams")
 
     # The page asks for the job after each refusal and tries the stream again; only the third
     # refusal in a row of a job that has ended lets the snapshot stand in for the rest.
     wait_finished(page)
     assert refused == [3]
     job = fetch_job(server.url, job_id)
-    assert page.locator("#article").text_content() == job["article"]
+    assert_article_shown(page, job["article"])
     expect(page.locator("#outline li .outline-title")).to_have_text(job["sections"])
 
 
@@ -431,7 +386,7 @@ def test_security_headers_and_clean_console(start_server: Callable[..., Any], pa
     assert response is not None and response.status == 200
     assert response.headers["content-security-policy"] == CSP
     assert response.headers["x-content-type-options"] == "nosniff"
-    submit_topic(page, server.url, "Tidy consoles")
+    submit_topic(page, "Tidy consoles")
     wait_finished(page)
 
     assert page.evaluate("window.__violations") == []
