@@ -308,6 +308,15 @@ How the parts measure, in short (each module's docstring has the rest):
 """
 
 
+#: RESULTS.md from this line on is written by hand (profiles, what each fix bought) and kept
+NOTES_MARK = "<!-- notes: kept by bench/run.py when it writes the table above -->"
+
+
+def kept_notes() -> str:
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    return "\n" + NOTES_MARK + old.split(NOTES_MARK, 1)[1] if NOTES_MARK in old else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="every part once with tiny sizes; writes nothing")
@@ -328,7 +337,7 @@ def main() -> None:
                     load_before=load_before, clients=args.clients, targets=not args.smoke)
     print(report, flush=True)
     if not args.smoke and not args.only and ok:
-        RESULTS.write_text(PREAMBLE + "\n" + report)
+        RESULTS.write_text(PREAMBLE + "\n" + report + kept_notes())
         print(f"bench: wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     sys.exit(0 if ok else 1)
 
