@@ -10,6 +10,7 @@ from pipeline.metrics import Metrics
 from pipeline.runner import JobRunner
 from pipeline.settings import Settings
 from pipeline.store import JobStore
+from pipeline.tracing import Tracing
 
 from .ratelimit import Limiter
 
@@ -28,3 +29,4 @@ class Service:
     limiter: Limiter
     #: set once the drain is over: open streams send a retry hint and end
     closing: asyncio.Event
+    tracing: Tracing

@@ -14,7 +14,16 @@ import time
 from .contract import JobStatus, Stage
 from .deltas import DeltaCoalescer
 from .job import Job
-from .messages import FlowEnded, OutlineReady, Report, SectionWritten, StageStarted, TextDelta, TextReset
+from .messages import (
+    CallEnded,
+    FlowEnded,
+    OutlineReady,
+    Report,
+    SectionWritten,
+    StageStarted,
+    TextDelta,
+    TextReset,
+)
 from .metrics import Metrics
 from .payloads import (
     CancelledEvent,
@@ -29,6 +38,7 @@ from .payloads import (
 )
 from .settings import Settings
 from .store import JobStore
+from .tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +50,12 @@ OUTLINE_PROGRESS = 15
 class JobEvents:
     """Writes a job's state and events to the store; the only writer of a job's log."""
 
-    def __init__(self, store: JobStore, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, store: JobStore, settings: Settings, metrics: Metrics,
+                 tracing: Tracing | None = None) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
 
     async def started(self, job: Job) -> None:
         job.start()
@@ -75,6 +87,7 @@ class JobEvents:
         if job.started_at is not None and job.finished_at is not None:
             self.metrics.job_seconds.labels(status.value).observe(job.finished_at - job.started_at)
         logger.info("job %s%s", status.value, f" ({code})" if code else "", extra={"job_id": job.id})
+        self.tracing.job_ended(job)
         return True
 
     async def pump(self, job: Job, queue: asyncio.Queue[Report], *, resumed: bool = False) -> None:
@@ -125,6 +138,9 @@ class JobEvents:
                     await self.store.save(job)
                     await self._publish(job, OutlineEvent(sections=job.sections,
                                                           progress=job.progress))
+                case CallEnded(usage):
+                    job.used(usage)  # saved, so GET and a resumed job show it
+                    await self.store.save(job)
                 case FlowEnded():
                     self._observe_stage(job, stage_started)
                     for delta in coalescer.flush_all(time.monotonic()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .contract import TextStage, WorkStage
+from .usage import CallUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +55,16 @@ class SectionWritten:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEnded:
+    """An LLM call ended (done, failed or broken off): what it used."""
+
+    usage: CallUsage
+
+
+@dataclass(frozen=True, slots=True)
 class FlowEnded:
     """The workflow stopped, however it ended; the runner puts this, never a node."""
 
 
-Report = StageStarted | OutlineReady | TextDelta | TextReset | SectionWritten | FlowEnded
+Report = (StageStarted | OutlineReady | TextDelta | TextReset | SectionWritten | CallEnded
+          | FlowEnded)
