@@ -31,6 +31,7 @@ from pipeline.tracing_otel import OtelTracing
 from .anthropic_mock import API_KEY, FAST_RETRY, INPUT_TOKENS, Call, FakeAnthropic, good_answer, settings, status
 from .conftest import ROOT
 from .ports import free_port
+from .redis_server import RedisServer
 from .waiting import wait_for
 
 TOPIC = "Zanzibar gardening secrets"
@@ -251,3 +252,40 @@ def test_tracing_is_off_without_an_endpoint(env: dict[str, str]) -> None:
     from pipeline.tracing import open_tracing
 
     assert not open_tracing(Settings.from_env(env)).enabled
+
+
+def test_a_job_resumed_on_another_instance_continues_its_trace(
+        start_server: Any, serve_app: Any, redis_server: RedisServer) -> None:
+    receiver = Receiver()
+    collector = serve_app(receiver.app)
+    env = {"REDIS_URL": redis_server.url, "LEASE_SECONDS": "2", "SECTION_CONCURRENCY": "1",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    a = start_server(**env, OFFLINE_LLM_DELAY_MS="1500")
+    job = httpx.post(f"{a.url}/api/jobs", json={"topic": TOPIC},
+                     headers={"traceparent": TRACEPARENT}).json()
+
+    def calls_sent() -> int:
+        return sum(1 for _, span in receiver.spans() if span.name == "chat offline")
+
+    # A dies with the outline and the first section written (and their spans sent).
+    wait_for(lambda: calls_sent() == 2, WAIT_S, "A's outline and first section")
+    b = start_server(**env, OFFLINE_LLM_DELAY_MS="50")
+    a.proc.kill()
+    a.proc.wait(timeout=10)
+    wait_for(lambda: any(span.name == "job" for _, span in receiver.spans()), WAIT_S * 2,
+             "B to resume and end the job")
+
+    finished = httpx.get(f"{b.url}/api/jobs/{job['id']}").json()
+    assert finished["status"] == "succeeded"
+    # A's two calls were saved with the job; B made the other three (A's half-written
+    # section was cut off with A, before it could report).
+    assert finished["usage"] == {"llm_calls": 5, "input_tokens": 0, "output_tokens": 0,
+                                 "cost_usd": 0.0}
+    spans = [span for _, span in receiver.spans()]
+    assert {span.trace_id.hex() for span in spans} == {TRACE_ID}
+    [job_span] = [span for span in spans if span.name == "job"]
+    nodes = [span for span in spans if span.name.startswith("node ")]
+    # A's outline node, B's content and style nodes: all under the one job span.
+    assert sorted(span.name for span in nodes) == ["node content", "node outline", "node style"]
+    assert {span.parent_span_id for span in nodes} == {job_span.span_id}
+    assert job_span.start_time_unix_nano < min(span.start_time_unix_nano for span in nodes)
