@@ -32,21 +32,25 @@ from pipeline.llm import LLM, Provider, build_provider
 from pipeline.logs import configure_logging
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings, SettingsError
+from pipeline.tracing import Tracing, open_tracing
 
 logger = logging.getLogger("articlestream")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-def create_app(settings: Settings, *, provider: Provider | None = None) -> Starlette:
-    """The app; `provider` replaces the one the settings name (tests hand in a scripted one)."""
+def create_app(settings: Settings, *, provider: Provider | None = None,
+               tracing: Tracing | None = None) -> Starlette:
+    """The app; `provider` replaces the one the settings name (tests hand in a scripted one),
+    and `tracing` the tracing they ask for (tests hand in one that keeps spans in memory)."""
     shutdown_requested = asyncio.Event()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Service]]:
         metrics = Metrics()
-        llm_provider = provider or build_provider(settings, metrics)
-        llm = LLM.from_settings(llm_provider, settings, metrics)
+        llm_provider = provider or build_provider(settings)
+        traces = tracing or open_tracing(settings)
+        llm = LLM.from_settings(llm_provider, settings, metrics, traces)
         try:
             async with open_backend(settings, llm, metrics) as backend:
                 service = Service(
@@ -57,11 +61,13 @@ def create_app(settings: Settings, *, provider: Provider | None = None) -> Starl
                     metrics=metrics,
                     limiter=_limiter(settings, backend),
                     streams=OpenStreams(settings.send_timeout_s),
+                    tracing=traces,
                 )
                 async with _serve(service, backend, shutdown_requested):
                     yield {"service": service}
         finally:
             await llm_provider.aclose()
+            await traces.shutdown()
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html")

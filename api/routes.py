@@ -89,6 +89,24 @@ def _shutting_down() -> ApiError:
 
 
 async def submit_job(request: Request) -> Response:
+    """The submit, as a span of its trace (joined when the request carries a traceparent)."""
+    with _service(request).tracing.submit("POST", "/api/jobs", request.headers) as span:
+        try:
+            response = await _submit_job(request)
+        except ApiError as exc:
+            span.answered(exc.status)
+            raise
+        except StoreUnavailable:
+            span.answered(503)
+            raise
+        except Exception:
+            span.answered(500)
+            raise
+        span.answered(response.status_code)
+        return response
+
+
+async def _submit_job(request: Request) -> Response:
     service = _service(request)
     settings = service.settings
     owner = owner_of(request, settings)

@@ -9,6 +9,7 @@ from pipeline.metrics import Metrics
 from pipeline.runner import JobRunner
 from pipeline.settings import Settings
 from pipeline.store import JobStore
+from pipeline.tracing import Tracing
 
 from .ratelimit import Limiter
 from .stream import OpenStreams
@@ -28,3 +29,4 @@ class Service:
     limiter: Limiter
     #: the open event streams, ended once the drain is over
     streams: OpenStreams
+    tracing: Tracing

@@ -15,6 +15,7 @@ from .contract import JobStatus, Stage
 from .deltas import DeltaCoalescer, LiveParts
 from .job import Job
 from .messages import (
+    CallEnded,
     DeltasDue,
     FlowEnded,
     OutlineReady,
@@ -38,6 +39,7 @@ from .payloads import (
 )
 from .settings import Settings
 from .store import JobStore
+from .tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +51,13 @@ OUTLINE_PROGRESS = 15
 class JobEvents:
     """Writes a job's state and events to the store; the only writer of a job's log."""
 
-    def __init__(self, store: JobStore, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, store: JobStore, settings: Settings, metrics: Metrics,
+                 tracing: Tracing | None = None) -> None:
         self.store = store
         self.settings = settings
         self.metrics = metrics
         self.live = LiveParts(settings.deltas_per_s)
+        self.tracing = tracing or Tracing()
 
     async def started(self, job: Job) -> None:
         job.start()
@@ -85,6 +89,7 @@ class JobEvents:
         if job.started_at is not None and job.finished_at is not None:
             self.metrics.job_seconds.labels(status.value).observe(job.finished_at - job.started_at)
         logger.info("job %s%s", status.value, f" ({code})" if code else "", extra={"job_id": job.id})
+        self.tracing.job_ended(job)
         return True
 
     async def pump(self, job: Job, queue: asyncio.Queue[Report], *, resumed: bool = False) -> None:
@@ -143,6 +148,9 @@ class JobEvents:
                         await self.store.save(job)
                         await self._publish(job, OutlineEvent(sections=job.sections,
                                                               progress=job.progress))
+                    case CallEnded(usage):
+                        job.used(usage)  # saved, so GET and a resumed job show it
+                        await self.store.save(job)
                     case FlowEnded():
                         self._observe_stage(job, stage_started)
                         for delta in coalescer.flush_all(time.monotonic()):

@@ -11,6 +11,7 @@ from . import payloads
 from .contract import TERMINAL_EVENTS, TERMINAL_STATUSES, JobStatus, Stage
 from .errors import TransitionError
 from .payloads import JobErrorBody
+from .usage import CallUsage, Usage
 
 __all__ = ["Event", "Job", "JobStatus", "Stage", "machine_of", "new_job_id"]
 
@@ -51,6 +52,10 @@ class Job:
     error: JobErrorBody | None = None
     #: the text of each finished section by index: what a job resumed elsewhere need not redo
     contents: dict[int, str] = field(default_factory=dict)
+    #: what the job's LLM calls used, added as each call ends
+    usage: Usage = field(default_factory=Usage)
+    #: the job's place in a trace, kept so whichever instance runs or ends it continues it
+    trace: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -60,6 +65,9 @@ class Job:
         """A copy to change without touching this one (a store never hands out what it holds)."""
         return replace(self, sections=None if self.sections is None else list(self.sections),
                        contents=dict(self.contents))
+
+    def used(self, call: CallUsage) -> None:
+        self.usage = self.usage.add(call)
 
     def start(self) -> None:
         if self.status is not JobStatus.queued:
@@ -100,6 +108,10 @@ class Job:
             sections=self.sections,
             article=self.article,
             error=self.error,
+            usage=payloads.Usage(
+                llm_calls=self.usage.llm_calls, input_tokens=self.usage.input_tokens,
+                output_tokens=self.usage.output_tokens,
+                cost_usd=self.usage.cost_usd),
             links=payloads.Links(self=f"/api/jobs/{self.id}", events=f"/api/jobs/{self.id}/events"),
         )
 

@@ -1,8 +1,9 @@
 """The LLM seen by the workflow: a provider that streams text, and calls with a deadline.
 
 A provider is anything with `stream(prompt, max_tokens=...)`, an async generator of
-text chunks, and `aclose()`. Providers raise `LLMError` (mapped from their own
-exceptions) and `LLMStreamBroken` when a reply breaks off midway.
+text chunks (and, between them, the `TokenCount` the API reported so far), and `aclose()`.
+Providers raise `LLMError` (mapped from their own exceptions) and `LLMStreamBroken` when a
+reply breaks off midway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from .errors import LLMError, LLMStreamBroken
+from .tracing import Tracing
+from .usage import CallUsage, Pricing, TokenCount
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -28,7 +31,8 @@ logger = logging.getLogger(__name__)
 class Provider(Protocol):
     name: str
 
-    def stream(self, prompt: str, *, max_tokens: int) -> AsyncGenerator[str, None]: ...
+    def stream(self, prompt: str, *,
+               max_tokens: int) -> AsyncGenerator[str | TokenCount, None]: ...
 
     async def aclose(self) -> None: ...
 
@@ -37,23 +41,32 @@ class LLM:
     """Calls a provider with a deadline per call and retries replies that broke off.
 
     At most `max_calls` calls stream at once, service-wide; the rest wait their turn (the
-    deadline starts once a call has its place).
+    deadline starts once a call has its place). Each attempt's usage (the tokens the provider
+    reported, priced) goes to the caller's `on_usage`, to /metrics and to its trace span,
+    however the attempt ended.
     """
 
     def __init__(self, provider: Provider, *, timeout_s: float, stream_attempts: int,
-                 max_calls: int, metrics: Metrics | None = None) -> None:
+                 max_calls: int, metrics: Metrics | None = None, model: str | None = None,
+                 pricing: Pricing | None = None, tracing: Tracing | None = None) -> None:
         self.provider = provider
         self.timeout_s = timeout_s
         self.stream_attempts = stream_attempts
         self.metrics = metrics
+        #: the model asked for: the price, the metrics' label and the span's attribute
+        self.model = model or provider.name
+        self.pricing = pricing or Pricing()
+        self.tracing = tracing or Tracing()
         self._places = anyio.Semaphore(max_calls)
 
     @classmethod
-    def from_settings(cls, provider: Provider, settings: Settings,
-                      metrics: Metrics | None = None) -> LLM:
+    def from_settings(cls, provider: Provider, settings: Settings, metrics: Metrics | None = None,
+                      tracing: Tracing | None = None) -> LLM:
+        model = settings.anthropic_model if provider.name == "anthropic" else None
         return cls(provider, timeout_s=settings.llm_timeout_s,
                    stream_attempts=settings.llm_stream_attempts,
-                   max_calls=settings.max_llm_calls, metrics=metrics)
+                   max_calls=settings.max_llm_calls, metrics=metrics, model=model,
+                   pricing=Pricing(settings.llm_price_per_mtok), tracing=tracing)
 
     async def generate(
         self,
@@ -62,40 +75,58 @@ class LLM:
         max_tokens: int = 1024,
         on_text: Callable[[str], Awaitable[None]] | None = None,
         on_reset: Callable[[], Awaitable[None]] | None = None,
+        on_usage: Callable[[CallUsage], None] | None = None,
+        node: str = "",
     ) -> str:
-        """The whole reply; `on_text` sees each chunk, `on_reset` a broken attempt's end."""
+        """The whole reply; `on_text` sees each chunk, `on_reset` a broken attempt's end,
+        `on_usage` each attempt's usage as it ends; `node` labels the call's metrics."""
         for attempt in range(1, self.stream_attempts + 1):
             parts: list[str] = []
+            tokens = TokenCount(0, 0)
             started = time.perf_counter()
-            try:
-                async with self._place():
-                    with anyio.fail_after(self.timeout_s):
-                        async with aclosing(self.provider.stream(prompt, max_tokens=max_tokens)) as chunks:
-                            async for chunk in chunks:
-                                parts.append(chunk)
-                                if on_text is not None:
-                                    await on_text(chunk)
-            except TimeoutError:
-                self._observe(started, "llm_timeout")
-                raise LLMError(
-                    f"The LLM call ran past LLM_TIMEOUT_SECONDS ({self.timeout_s:g} s).",
-                    code="llm_timeout",
-                ) from None
-            except LLMStreamBroken as exc:
-                self._observe(started, exc.code)
-                if attempt == self.stream_attempts:
+            code: str | None = "cancelled"  # until the attempt ends otherwise
+            with self.tracing.llm_call(system=self.provider.name, model=self.model,
+                                       max_tokens=max_tokens) as span:
+                try:
+                    async with self._place():
+                        with anyio.fail_after(self.timeout_s):
+                            async with aclosing(self.provider.stream(
+                                    prompt, max_tokens=max_tokens)) as chunks:
+                                async for chunk in chunks:
+                                    if isinstance(chunk, TokenCount):
+                                        tokens = chunk
+                                        continue
+                                    parts.append(chunk)
+                                    if on_text is not None:
+                                        await on_text(chunk)
+                    code = None
+                except TimeoutError:
+                    code = "llm_timeout"
+                    raise LLMError(
+                        f"The LLM call ran past LLM_TIMEOUT_SECONDS ({self.timeout_s:g} s).",
+                        code="llm_timeout",
+                    ) from None
+                except LLMStreamBroken as exc:
+                    code = exc.code
+                    if attempt == self.stream_attempts:
+                        raise
+                    logger.warning("LLM stream broke (attempt %d of %d): %s",
+                                   attempt, self.stream_attempts, exc.message)
+                except LLMError as exc:
+                    code = exc.code
                     raise
-                logger.warning("LLM stream broke (attempt %d of %d): %s",
-                               attempt, self.stream_attempts, exc.message)
-                if parts and on_reset is not None:
-                    await on_reset()
-                await anyio.sleep(backoff_s(attempt))
-                continue
-            except LLMError as exc:
-                self._observe(started, exc.code)
-                raise
-            self._observe(started, None)
-            return "".join(parts)
+                finally:
+                    usage = self.pricing.call(self.model, tokens.input_tokens,
+                                              tokens.output_tokens)
+                    span.ended(usage, code)
+                    self._observe(started, node, code, usage)
+                    if on_usage is not None:
+                        on_usage(usage)
+            if code is None:
+                return "".join(parts)
+            if parts and on_reset is not None:
+                await on_reset()
+            await anyio.sleep(backoff_s(attempt))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     @asynccontextmanager
@@ -113,9 +144,13 @@ class LLM:
         finally:
             self._places.release()
 
-    def _observe(self, started: float, code: str | None) -> None:
-        if self.metrics is not None:
-            self.metrics.observe_llm_call(self.provider.name, time.perf_counter() - started, code)
+    def _observe(self, started: float, node: str, code: str | None, usage: CallUsage) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.observe_usage(self.provider.name, usage)
+        if code != "cancelled":  # a cancelled job's call did not end on its own
+            self.metrics.observe_llm_call(self.provider.name, node,
+                                          time.perf_counter() - started, code)
 
 
 async def call_llm(llm: LLM, prompt: str) -> str:
@@ -128,13 +163,13 @@ def backoff_s(attempt: int, base_s: float = 0.25, cap_s: float = 4.0) -> float:
     return random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1)))
 
 
-def build_provider(settings: Settings, metrics: Metrics | None = None) -> Provider:
+def build_provider(settings: Settings) -> Provider:
     """The provider that `settings` asks for; the anthropic SDK is imported only if used."""
     if settings.provider == "anthropic":
         from .llm_anthropic import AnthropicProvider
 
         logger.info("LLM provider: anthropic, model %s", settings.anthropic_model)
-        return AnthropicProvider.from_settings(settings, metrics=metrics)
+        return AnthropicProvider.from_settings(settings)
     from .llm_offline import OfflineProvider
 
     logger.info("LLM provider: offline writer (no ANTHROPIC_API_KEY), %d ms per call",

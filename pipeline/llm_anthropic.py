@@ -9,9 +9,9 @@ import anthropic
 import httpx2
 
 from .errors import LLMError, LLMStreamBroken
+from .usage import TokenCount
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
     from .settings import Settings
 
 
@@ -20,15 +20,12 @@ class AnthropicProvider:
 
     name = "anthropic"
 
-    def __init__(self, client: anthropic.AsyncAnthropic, *, model: str,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(self, client: anthropic.AsyncAnthropic, *, model: str) -> None:
         self.client = client
         self.model = model
-        self.metrics = metrics
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None,
-                      http_client: httpx2.AsyncClient | None = None) -> AnthropicProvider:
+    def from_settings(cls, settings: Settings, *, http_client: httpx2.AsyncClient | None = None) -> AnthropicProvider:
         client = anthropic.AsyncAnthropic(
             api_key=settings.anthropic_api_key,
             base_url=settings.anthropic_base_url,
@@ -36,9 +33,14 @@ class AnthropicProvider:
             max_retries=settings.llm_max_retries,
             http_client=http_client,
         )
-        return cls(client, model=settings.anthropic_model, metrics=metrics)
+        return cls(client, model=settings.anthropic_model)
 
-    async def stream(self, prompt: str, *, max_tokens: int) -> AsyncGenerator[str, None]:
+    async def stream(self, prompt: str, *,
+                     max_tokens: int) -> AsyncGenerator[str | TokenCount, None]:
+        """The reply's text, and the usage as the API reports it: `message_start` has the
+        input tokens, each `message_delta` the output so far. A stream cut midway has
+        reported what it got; the SDK's own retries happen before a reply's body, on error
+        answers that carry no usage."""
         received = False
         try:
             async with self.client.messages.stream(
@@ -46,10 +48,21 @@ class AnthropicProvider:
                 max_tokens=max_tokens,
                 messages=[{"role": "user", "content": prompt}],
             ) as stream:
-                async for text in stream.text_stream:
-                    received = True
-                    yield text
-                message = await stream.get_final_message()
+                usage: TokenCount | None = None
+                async for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        received = True
+                        yield event.delta.text
+                    elif event.type == "message_start":
+                        usage = TokenCount(event.message.usage.input_tokens,
+                                           event.message.usage.output_tokens)
+                        yield usage
+                    elif event.type == "message_delta" and usage is not None:
+                        # Cumulative totals; input_tokens only when the API repeats it.
+                        usage = TokenCount(event.usage.input_tokens or usage.input_tokens,
+                                           event.usage.output_tokens)
+                        yield usage
+                await stream.get_final_message()  # raises if no message came at all
         except anthropic.APIError as exc:
             raise map_api_error(exc, received=received) from exc
         except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
@@ -63,9 +76,6 @@ class AnthropicProvider:
             raise LLMStreamBroken(
                 f"The connection to the Anthropic API broke mid-reply ({type(exc).__name__})."
             ) from exc
-        if self.metrics is not None:
-            self.metrics.observe_tokens(self.name, message.usage.input_tokens,
-                                        message.usage.output_tokens)
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .contract import TextStage, WorkStage
+from .usage import CallUsage
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,13 @@ class SectionWritten:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEnded:
+    """An LLM call ended (done, failed or broken off): what it used."""
+
+    usage: CallUsage
+
+
+@dataclass(frozen=True, slots=True)
 class FlowEnded:
     """The workflow stopped, however it ended; the runner puts this, never a node."""
 
@@ -63,5 +71,5 @@ class DeltasDue:
     """Held live text may go out now; the pump's own timer puts this, never a node."""
 
 
-Report = (StageStarted | OutlineReady | TextDelta | TextReset | SectionWritten | FlowEnded
-          | DeltasDue)
+Report = (StageStarted | OutlineReady | TextDelta | TextReset | SectionWritten | CallEnded
+          | FlowEnded | DeltasDue)

@@ -6,6 +6,8 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .usage import CallUsage
+
 _DURATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -25,14 +27,19 @@ class Metrics:
                                        "Time spent in each workflow stage.", ["stage"],
                                        buckets=_DURATION_BUCKETS, registry=r)
         self.llm_seconds = Histogram("articlestream_llm_call_duration_seconds",
-                                     "One LLM call, retries included.", ["provider"],
+                                     "One LLM call, the SDK's own retries included, by the "
+                                     "workflow node that made it.", ["provider", "node"],
                                      buckets=_DURATION_BUCKETS, registry=r)
         self.llm_errors = Counter("articlestream_llm_errors_total",
                                   "Failed LLM calls, by error code.", ["provider", "code"],
                                   registry=r)
         self.llm_tokens = Counter("articlestream_llm_tokens_total",
-                                  "Tokens used, from the provider's usage report.",
-                                  ["provider", "kind"], registry=r)
+                                  "Tokens used, from the provider's usage report, by model "
+                                  "and kind (input, output).",
+                                  ["provider", "model", "kind"], registry=r)
+        self.llm_cost = Counter("articlestream_llm_cost_usd_total",
+                                "US dollars spent on LLM calls whose model has a known price.",
+                                ["provider", "model"], registry=r)
         self.llm_calls_waiting = Gauge("articlestream_llm_calls_waiting",
                                        "LLM calls waiting for one of the MAX_LLM_CALLS places.",
                                        registry=r)
@@ -63,14 +70,17 @@ class Metrics:
         self.streams_open -= 1
         self.open_streams.dec()
 
-    def observe_llm_call(self, provider: str, seconds: float, code: str | None) -> None:
-        self.llm_seconds.labels(provider).observe(seconds)
+    def observe_llm_call(self, provider: str, node: str, seconds: float,
+                         code: str | None) -> None:
+        self.llm_seconds.labels(provider, node).observe(seconds)
         if code is not None:
             self.llm_errors.labels(provider, code).inc()
 
-    def observe_tokens(self, provider: str, input_tokens: int, output_tokens: int) -> None:
-        self.llm_tokens.labels(provider, "input").inc(input_tokens)
-        self.llm_tokens.labels(provider, "output").inc(output_tokens)
+    def observe_usage(self, provider: str, usage: CallUsage) -> None:
+        self.llm_tokens.labels(provider, usage.model, "input").inc(usage.input_tokens)
+        self.llm_tokens.labels(provider, usage.model, "output").inc(usage.output_tokens)
+        if usage.cost_usd is not None:
+            self.llm_cost.labels(provider, usage.model).inc(usage.cost_usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,6 +6,7 @@ job's numbered events.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -14,10 +15,11 @@ from pocketflow import AsyncNode
 from .contract import Stage
 from .errors import BadOutline, LLMError
 from .llm import LLM, backoff_s
-from .messages import OutlineReady, Report, SectionWritten, StageStarted, TextDelta, TextReset
+from .messages import CallEnded, OutlineReady, Report, SectionWritten, StageStarted, TextDelta, TextReset
 from .outline import parse_outline
 from .prompts import draft_text, outline_prompt, section_prompt, style_prompt
 from .settings import Settings
+from .usage import CallUsage
 
 Shared = dict[str, Any]
 
@@ -31,8 +33,26 @@ def _first_error(group: BaseExceptionGroup[Exception]) -> Exception:
     return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-class GenerateOutline(AsyncNode):
+class TracedNode(AsyncNode):
+    """A node whose run is a span of the job's trace, named after its stage."""
+
+    stage: str
+    llm: LLM
+
+    async def _run_async(self, shared: Shared) -> Any:
+        with self.llm.tracing.node(self.stage):
+            return await super()._run_async(shared)
+
+
+def usage_reporter(queue: Reports) -> Callable[[CallUsage], None]:
+    """What an LLM call's `on_usage` does: report it to the job (the queue is unbounded)."""
+    return lambda usage: queue.put_nowait(CallEnded(usage))
+
+
+class GenerateOutline(TracedNode):
     """Asks for a YAML outline and validates it; PocketFlow retries malformed replies."""
+
+    stage = Stage.outline.value
 
     def __init__(self, llm: LLM, settings: Settings) -> None:
         super().__init__(max_retries=settings.outline_attempts)
@@ -40,39 +60,44 @@ class GenerateOutline(AsyncNode):
         self.sections = settings.outline_sections
         self.attempt = 0
 
-    async def prep_async(self, shared: Shared) -> str:
+    async def prep_async(self, shared: Shared) -> tuple[str, Reports]:
         await shared["sse_queue"].put(StageStarted(Stage.outline, "Planning the outline"))
-        return str(shared["topic"])
+        return str(shared["topic"]), shared["sse_queue"]
 
-    async def exec_async(self, topic: str) -> list[str] | LLMError:
+    async def exec_async(self, prep: tuple[str, Reports]) -> list[str] | LLMError:
+        topic, queue = prep
         self.attempt += 1
         if self.attempt > 1:
             await anyio.sleep(backoff_s(self.attempt - 1))
         try:
-            reply = await self.llm.generate(outline_prompt(topic, self.sections), max_tokens=512)
+            reply = await self.llm.generate(outline_prompt(topic, self.sections), max_tokens=512,
+                                            on_usage=usage_reporter(queue), node=self.stage)
         except LLMError as exc:
             # Returned, not raised: the SDK has already retried provider failures, and
             # PocketFlow's retries are for malformed outlines only.
             return exc
         return parse_outline(reply)
 
-    async def exec_fallback_async(self, topic: str, exc: Exception) -> list[str]:
+    async def exec_fallback_async(self, prep: tuple[str, Reports], exc: Exception) -> list[str]:
         if isinstance(exc, BadOutline):
             raise BadOutline(
                 f"The outline was still invalid after {self.max_retries} attempts: {exc.message}"
             ) from exc
         raise exc
 
-    async def post_async(self, shared: Shared, topic: str, result: list[str] | LLMError) -> None:
+    async def post_async(self, shared: Shared, prep: tuple[str, Reports],
+                         result: list[str] | LLMError) -> None:
         if isinstance(result, LLMError):
             raise result
         shared["sections"] = result
         await shared["sse_queue"].put(OutlineReady(tuple(result)))
 
 
-class WriteContent(AsyncNode):
+class WriteContent(TracedNode):
     """Writes every section not yet written, concurrently (bounded per job); each is reported
     once written."""
+
+    stage = Stage.content.value
 
     def __init__(self, llm: LLM, settings: Settings) -> None:
         super().__init__()
@@ -100,7 +125,8 @@ class WriteContent(AsyncNode):
             async with limiter:
                 prompt = section_prompt(topic, title, sections, self.words)
                 contents[index] = await self.llm.generate(
-                    prompt, max_tokens=600, on_text=on_text, on_reset=on_reset
+                    prompt, max_tokens=600, on_text=on_text, on_reset=on_reset,
+                    on_usage=usage_reporter(queue), node=self.stage,
                 )
             await queue.put(SectionWritten(index, title, contents[index]))
 
@@ -118,8 +144,10 @@ class WriteContent(AsyncNode):
         shared["draft"] = draft_text(shared["topic"], shared["sections"], contents)
 
 
-class ApplyStyle(AsyncNode):
+class ApplyStyle(TracedNode):
     """Rewrites the whole draft in a conversational, engaging voice."""
+
+    stage = Stage.style.value
 
     def __init__(self, llm: LLM, settings: Settings) -> None:
         super().__init__()
@@ -140,7 +168,8 @@ class ApplyStyle(AsyncNode):
             await queue.put(TextReset(Stage.style, None))
 
         return await self.llm.generate(
-            style_prompt(topic, draft), max_tokens=4096, on_text=on_text, on_reset=on_reset
+            style_prompt(topic, draft), max_tokens=4096, on_text=on_text, on_reset=on_reset,
+            on_usage=usage_reporter(queue), node=self.stage,
         )
 
     async def post_async(self, shared: Shared, prep: Any, article: str) -> None:

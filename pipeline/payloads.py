@@ -35,6 +35,17 @@ class Links(Model):
     events: str
 
 
+class Usage(Model):
+    """What the job's LLM calls used so far, as the provider reported it."""
+
+    llm_calls: int = Field(ge=0, description="Calls to the LLM, each attempt counted.")
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cost_usd: float | None = Field(
+        ge=0, description="US dollars, from the model's price (LLM_PRICE_PER_MTOK or the "
+                          "built-in table); null when the model's price is unknown.")
+
+
 class Job(Model):
     """A job as `GET /api/jobs/{id}` shows it."""
 
@@ -50,6 +61,7 @@ class Job(Model):
     sections: list[str] | None = Field(description="The section titles, once the outline exists.")
     article: str | None = Field(description="The styled article (Markdown), once the job succeeded.")
     error: JobErrorBody | None = Field(description="Why the job failed or was cancelled.")
+    usage: Usage = Field(description="Tokens and cost of the job's LLM calls so far.")
     links: Links
 
 

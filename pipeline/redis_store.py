@@ -8,6 +8,7 @@ becomes `LeaseLost`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from .errors import LeaseLost, QueueFull, StoreUnavailable
 from .job import Event, Job
 from .payloads import JobErrorBody
 from .redis_log import LogHub, frame
+from .usage import Usage
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,6 +75,8 @@ def encode_job(job: Job) -> dict[str, str]:
         "sections": json.dumps(job.sections), "article": json.dumps(job.article),
         "error": job.error.model_dump_json() if job.error else "null",
         "contents": json.dumps(job.contents),
+        "usage": json.dumps(dataclasses.asdict(job.usage)),
+        "trace": job.trace or "",
     }
 
 
@@ -87,6 +91,9 @@ def decode_job(fields: Mapping[bytes, bytes]) -> Job:
         sections=json.loads(text["sections"]), article=json.loads(text["article"]),
         error=JobErrorBody(**error) if error else None,
         contents={int(index): content for index, content in json.loads(text["contents"]).items()},
+        # Absent from jobs stored before usage and traces were kept.
+        usage=Usage(**json.loads(text["usage"])) if "usage" in text else Usage(),
+        trace=text.get("trace") or None,
     )
 
 

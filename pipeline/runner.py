@@ -47,7 +47,7 @@ class JobRunner:
         self.llm = llm
         self.settings = settings
         self.metrics = metrics
-        self.events = JobEvents(store, settings, metrics)
+        self.events = JobEvents(store, settings, metrics, llm.tracing)
         self.draining = False
         self._task_group: TaskGroup | None = None
         # Queued job ids, oldest first (a dict: FIFO order, and O(1) removal on cancel).
@@ -71,7 +71,8 @@ class JobRunner:
             raise ShuttingDown
         self._check_room()
         job = Job(topic=topic, owner=owner,
-                  id=new_job_id(self.settings.machine_id if self.settings.placed_ids else None))
+                  id=new_job_id(self.settings.machine_id if self.settings.placed_ids else None),
+                  trace=self.llm.tracing.new_job_trace())
         # Stored with its first event before it can start, so that event is always `queued`.
         first = StatusEvent(status=JobStatus.queued, stage=job.stage, progress=job.progress)
         if (holder := await self.store.add(job, idempotency, first)) != job.id:
@@ -226,7 +227,7 @@ class JobRunner:
             finally:
                 queue.put_nowait(FlowEnded())
 
-        with scope:
+        with scope, self.llm.tracing.job(job):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(partial(self.events.pump, job, queue, resumed=resume))
                 await run_flow()

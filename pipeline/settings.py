@@ -36,6 +36,8 @@ class Settings:
     llm_max_retries: int = 2
     llm_stream_attempts: int = 3
     offline_llm_delay_ms: int = 300
+    #: LLM_PRICE_PER_MTOK: (input, output) dollars per million tokens; None: the built-in table
+    llm_price_per_mtok: tuple[float, float] | None = None
 
     outline_sections: int = 3
     outline_attempts: int = 3
@@ -71,6 +73,9 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     cors_origins: tuple[str, ...] = ()
+
+    #: OTEL_EXPORTER_OTLP_ENDPOINT (or its traces-only form): tracing is on only when set
+    otel_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.llm_provider not in ("auto", "anthropic", "offline"):
@@ -157,6 +162,10 @@ class Settings:
             trusted_proxies=reader.networks("TRUSTED_PROXIES"),
             api_tokens=reader.items("API_TOKENS"),
             cors_origins=reader.items("CORS_ORIGINS"),
+            llm_price_per_mtok=reader.price("LLM_PRICE_PER_MTOK"),
+            otel_endpoint=None if reader.flag("OTEL_SDK_DISABLED", False) else (
+                reader.optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or reader.optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
         )
 
 
@@ -207,6 +216,20 @@ class _Reader:
 
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.env.get(name, "").split(",") if item.strip())
+
+    def price(self, name: str) -> tuple[float, float] | None:
+        value = self.optional(name)
+        if value is None:
+            return None
+        parts = [part.strip() for part in value.split(",")]
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) != 2 or not all(0 <= number < float("inf") for number in numbers):
+            raise SettingsError(f"{name} is {value!r}; use INPUT,OUTPUT: US dollars per million "
+                                "tokens, e.g. 3,15.")
+        return numbers[0], numbers[1]
 
     def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         try:

@@ -18,7 +18,6 @@ import httpx2
 
 from pipeline.llm_anthropic import AnthropicProvider
 from pipeline.llm_offline import OfflineProvider
-from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 
 API_KEY = "sk-ant-test-SECRET123"
@@ -171,6 +170,6 @@ class FakeAnthropic:
     def count(self, task: str | None = None) -> int:
         return sum(1 for call in self.calls if task is None or call.task == task)
 
-    def provider(self, settings: Settings, metrics: Metrics | None = None) -> AnthropicProvider:
+    def provider(self, settings: Settings) -> AnthropicProvider:
         client = httpx2.AsyncClient(transport=httpx2.MockTransport(self))
-        return AnthropicProvider.from_settings(settings, metrics=metrics, http_client=client)
+        return AnthropicProvider.from_settings(settings, http_client=client)

@@ -51,7 +51,7 @@ async def llm_for(fake: FakeAnthropic, **overrides: Any) -> AsyncIterator[tuple[
     """An `LLM` over the anthropic provider talking to `fake`; closed afterwards."""
     config = settings(**overrides)
     metrics = Metrics()
-    provider = fake.provider(config, metrics)
+    provider = fake.provider(config)
     try:
         yield LLM.from_settings(provider, config, metrics), metrics
     finally:
@@ -102,9 +102,10 @@ async def test_token_usage_is_counted_in_metrics() -> None:
         await llm.generate(PROMPT)
 
     tokens = "articlestream_llm_tokens_total"
-    assert metric(metrics, tokens, provider="anthropic", kind="input") == 2 * INPUT_TOKENS
+    assert metric(metrics, tokens, provider="anthropic", model=MODEL,
+                  kind="input") == 2 * INPUT_TOKENS
     # The mock reports one output token per text chunk, in its final message_delta.
-    assert metric(metrics, tokens, provider="anthropic", kind="output") == 2 * 5
+    assert metric(metrics, tokens, provider="anthropic", model=MODEL, kind="output") == 2 * 5
 
 
 async def test_the_sdk_retries_529_and_the_reply_arrives() -> None:
