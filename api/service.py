@@ -13,8 +13,9 @@ from pipeline.store import JobStore
 
 from .ratelimit import Limiter
 
-if TYPE_CHECKING:  # redis is imported only when REDIS_URL is set
+if TYPE_CHECKING:  # redis is imported only when REDIS_URL is set, webhooks when WEBHOOK_SECRET is
     from pipeline.redis_store import RedisJobStore
+    from pipeline.webhooks import Webhooks
 
 
 @dataclass
@@ -28,3 +29,5 @@ class Service:
     limiter: Limiter
     #: set once the drain is over: open streams send a retry hint and end
     closing: asyncio.Event
+    #: webhook delivery, when WEBHOOK_SECRET is set (else a submit with a webhook gets 422)
+    webhooks: Webhooks | None = None

@@ -12,7 +12,7 @@ from .contract import TERMINAL_EVENTS, TERMINAL_STATUSES, JobStatus, Stage
 from .errors import TransitionError
 from .payloads import JobErrorBody
 
-__all__ = ["Event", "Job", "JobStatus", "Stage", "machine_of", "new_job_id"]
+__all__ = ["Event", "Job", "JobStatus", "Stage", "WebhookSpec", "machine_of", "new_job_id"]
 
 
 def new_job_id(machine: str | None = None) -> str:
@@ -35,6 +35,14 @@ def _iso_or_none(timestamp: float | None) -> str | None:
     return None if timestamp is None else _iso(timestamp)
 
 
+@dataclass(frozen=True)
+class WebhookSpec:
+    """Where a job's events are POSTed, and which of them (`start`, `progress`, `completed`)."""
+
+    url: str
+    events: tuple[str, ...] = ("completed",)
+
+
 @dataclass
 class Job:
     topic: str
@@ -51,6 +59,7 @@ class Job:
     error: JobErrorBody | None = None
     #: the text of each finished section by index: what a job resumed elsewhere need not redo
     contents: dict[int, str] = field(default_factory=dict)
+    webhook: WebhookSpec | None = None
 
     @property
     def terminal(self) -> bool:
@@ -86,8 +95,8 @@ class Job:
             self.article = article
             self.advance(Stage.done, 100)
 
-    def public(self) -> payloads.Job:
-        """The job as the contract shows it to clients."""
+    def public(self, webhook: payloads.WebhookStatus | None = None) -> payloads.Job:
+        """The job as the contract shows it to clients, with its `webhook` status if given."""
         return payloads.Job(
             id=self.id,
             topic=self.topic,
@@ -101,6 +110,7 @@ class Job:
             article=self.article,
             error=self.error,
             links=payloads.Links(self=f"/api/jobs/{self.id}", events=f"/api/jobs/{self.id}/events"),
+            webhook=webhook,
         )
 
 

@@ -24,7 +24,7 @@ from . import payloads
 from . import redis_keys as keys
 from .contract import JobStatus, Stage
 from .errors import LeaseLost, QueueFull, StoreUnavailable
-from .job import Event, Job
+from .job import Event, Job, WebhookSpec
 from .payloads import JobErrorBody
 from .redis_log import LogHub, frame
 
@@ -73,6 +73,7 @@ def encode_job(job: Job) -> dict[str, str]:
         "sections": json.dumps(job.sections), "article": json.dumps(job.article),
         "error": job.error.model_dump_json() if job.error else "null",
         "contents": json.dumps(job.contents),
+        "webhook": json.dumps([job.webhook.url, job.webhook.events] if job.webhook else None),
     }
 
 
@@ -87,6 +88,8 @@ def decode_job(fields: Mapping[bytes, bytes]) -> Job:
         sections=json.loads(text["sections"]), article=json.loads(text["article"]),
         error=JobErrorBody(**error) if error else None,
         contents={int(index): content for index, content in json.loads(text["contents"]).items()},
+        webhook=WebhookSpec(webhook[0], tuple(webhook[1]))
+        if (webhook := json.loads(text.get("webhook", "null"))) else None,
     )
 
 
