@@ -60,10 +60,10 @@ _WEBHOOK_EVENTS = ("start", "progress", "completed")
 async def valid_webhook(fields: dict[str, Any], settings: Settings) -> WebhookSpec | None:
     """The submit's webhook, its URL checked and resolved now (and again at each delivery);
     422 `invalid_webhook` naming what is wrong."""
-    url, events = fields.get("webhook"), fields.get("webhook_events_filter")
-    if url is None and events is None:
+    if "webhook" not in fields and "webhook_events_filter" not in fields:
         return None
-    if url is None:
+    url, events = fields.get("webhook"), fields.get("webhook_events_filter", ["completed"])
+    if "webhook" not in fields:
         raise _invalid_webhook("`webhook_events_filter` needs a `webhook` URL.")
     if not isinstance(url, str):
         raise _invalid_webhook("`webhook` must be a URL string.")
@@ -71,8 +71,6 @@ async def valid_webhook(fields: dict[str, Any], settings: Settings) -> WebhookSp
         raise _invalid_webhook("Webhooks are off: the service has no WEBHOOK_SECRET to sign them.")
     if isinstance(events, str):  # a form's comma-separated list
         events = [name.strip() for name in events.split(",") if name.strip()]
-    if events is None:
-        events = ["completed"]
     if not isinstance(events, list) or not events or not all(
             isinstance(name, str) and name in _WEBHOOK_EVENTS for name in events):
         raise _invalid_webhook("`webhook_events_filter` must be a non-empty list of "
