@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, provider: Provider | None = None,
                     limiter=_limiter(settings, backend),
                     streams=OpenStreams(settings.send_timeout_s),
                     tracing=traces,
+                    webhooks=backend.webhooks,
                 )
                 async with _serve(service, backend, shutdown_requested):
                     yield {"service": service}
@@ -138,9 +140,14 @@ async def _serve(service: Service, backend: Backend,
 
 
 async def drain(service: Service) -> None:
-    """Finish or end every job, then let open streams close."""
+    """Finish or end every job, then let open streams close; pending webhook deliveries get
+    what is left of DRAIN_SECONDS (at least a second, for the jobs the drain ended)."""
+    started = time.monotonic()
     try:
         await service.runner.drain()
+        if service.webhooks is not None:
+            spent = time.monotonic() - started
+            await service.webhooks.drain(max(1.0, service.settings.drain_s - spent))
     finally:
         service.streams.close_all()
 

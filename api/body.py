@@ -9,7 +9,9 @@ from urllib.parse import parse_qs
 
 from starlette.requests import Request
 
+from pipeline.job import WebhookSpec
 from pipeline.settings import Settings
+from pipeline.webhook_target import InvalidWebhook, parse, resolve
 
 from .errors import ApiError
 
@@ -50,6 +52,39 @@ def valid_topic(value: Any, settings: Settings) -> str:
             raise ApiError(422, "invalid_topic",
                            f"The topic holds a control or invalid character (U+{ord(char):04X}).")
     return topic
+
+
+_WEBHOOK_EVENTS = ("start", "progress", "completed")
+
+
+async def valid_webhook(fields: dict[str, Any], settings: Settings) -> WebhookSpec | None:
+    """The submit's webhook, its URL checked and resolved now (and again at each delivery);
+    422 `invalid_webhook` naming what is wrong."""
+    if "webhook" not in fields and "webhook_events_filter" not in fields:
+        return None
+    url, events = fields.get("webhook"), fields.get("webhook_events_filter", ["completed"])
+    if "webhook" not in fields:
+        raise _invalid_webhook("`webhook_events_filter` needs a `webhook` URL.")
+    if not isinstance(url, str):
+        raise _invalid_webhook("`webhook` must be a URL string.")
+    if settings.webhook_secret is None:
+        raise _invalid_webhook("Webhooks are off: the service has no WEBHOOK_SECRET to sign them.")
+    if isinstance(events, str):  # a form's comma-separated list
+        events = [name.strip() for name in events.split(",") if name.strip()]
+    if not isinstance(events, list) or not events or not all(
+            isinstance(name, str) and name in _WEBHOOK_EVENTS for name in events):
+        raise _invalid_webhook("`webhook_events_filter` must be a non-empty list of "
+                               + ", ".join(_WEBHOOK_EVENTS) + ".")
+    try:
+        await resolve(parse(url, allow_private=settings.webhook_allow_private),
+                      allow_private=settings.webhook_allow_private)
+    except InvalidWebhook as exc:
+        raise _invalid_webhook(str(exc)) from None
+    return WebhookSpec(url=url, events=tuple(name for name in _WEBHOOK_EVENTS if name in events))
+
+
+def _invalid_webhook(message: str) -> ApiError:
+    return ApiError(422, "invalid_webhook", message)
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:

@@ -57,6 +57,9 @@ ERRORS: dict[str, tuple[int, str]] = {
     "unsupported_media_type": (415, "the body is neither JSON nor form-encoded"),
     "invalid_topic": (422, "`topic` is missing, not a string, empty after trimming, too long, "
                            "or holds a control character"),
+    "invalid_webhook": (422, "`webhook` is not an https URL to a public address, "
+                             "`webhook_events_filter` names an unknown event, or `WEBHOOK_SECRET` "
+                             "is not set"),
     "queue_full": (429, "the job queue is full"),
     "rate_limited": (429, "this client submitted too many jobs"),
     "too_many_streams": (429, "too many event streams are open"),
@@ -183,7 +186,17 @@ def _schemas(max_topic_chars: int) -> Json:
                             "(Unicode Cc), lone surrogate, U+2028 or U+2029."),
             "examples": ["Home composting"],
         },
-        "JobRequest": _object({"topic": _ref("Topic")}),
+        "JobRequest": {**_object({"topic": _ref("Topic")}), "properties": {
+            "topic": _ref("Topic"),
+            "webhook": {"type": "string", "format": "uri", "maxLength": 2048,
+                        "description": "An https URL to POST the job's events to, signed as "
+                                       "Standard Webhooks says with `WEBHOOK_SECRET`."},
+            "webhook_events_filter": {
+                "type": "array", "minItems": 1, "uniqueItems": True,
+                "items": {"enum": ["start", "progress", "completed"]},
+                "description": "Which events to send; `[\"completed\"]` when left out. In a "
+                               "form, a comma-separated list."},
+        }},
         **_payload_schemas(),
         "ErrorBody": _object({
             "code": {"type": "string", "pattern": "^[a-z][a-z0-9]*(_[a-z0-9]+)*$"},
@@ -293,8 +306,8 @@ def _api_paths() -> Json:
                     "202": _job_response("Accepted: the job is queued or running."),
                     **_errors("malformed_body", "invalid_idempotency_key", "unauthorized",
                               "idempotency_conflict", "body_too_large", "unsupported_media_type",
-                              "invalid_topic", "queue_full", "rate_limited", "shutting_down",
-                              "store_unavailable"),
+                              "invalid_topic", "invalid_webhook", "queue_full", "rate_limited",
+                              "shutting_down", "store_unavailable"),
                 },
             },
             "get": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 import anyio
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pipeline import payloads
 from pipeline.contract import (
     DEFAULT_PAGE,
     JOB_ID_PATTERN,
@@ -20,11 +22,11 @@ from pipeline.contract import (
     JobStatus,
 )
 from pipeline.errors import KeyTaken, NotCancellable, QueueFull, ShuttingDown, StoreUnavailable
-from pipeline.job import Job, machine_of
+from pipeline.job import Job, WebhookSpec, machine_of
 from pipeline.payloads import JobList
 
 from .access import client_address, owner_of
-from .body import read_submit, valid_topic
+from .body import read_submit, valid_topic, valid_webhook
 from .errors import ApiError
 from .openapi import openapi_document
 from .ratelimit import retry_after
@@ -51,8 +53,18 @@ def _model_response(model: BaseModel, status: int = 200,
                     media_type="application/json")
 
 
-def _job_response(job: Job, status: int) -> Response:
-    return _model_response(job.public(), status, {"Location": f"/api/jobs/{job.id}"})
+async def _public(service: Service, job: Job) -> payloads.Job:
+    """The job as clients see it, with its webhook's status when it has one."""
+    if job.webhook is None or service.webhooks is None:
+        return job.public()
+    status = await service.webhooks.status(job.id)
+    return job.public(status or payloads.WebhookStatus(
+        url=job.webhook.url, delivered=[], pending=0, last_error=None))
+
+
+async def _job_response(service: Service, job: Job, status: int) -> Response:
+    return _model_response(await _public(service, job), status,
+                           {"Location": f"/api/jobs/{job.id}"})
 
 
 async def _owned_job(request: Request, owner: str | None) -> Job:
@@ -115,13 +127,14 @@ async def _submit_job(request: Request) -> Response:
     wait_s = _prefer_wait(request.headers.get("prefer", ""))
     fields = await read_submit(request, settings)
     topic = valid_topic(fields.get("topic"), settings)
+    webhook = await valid_webhook(fields, settings)
     idempotency = None
     key = request.headers.get("idempotency-key")
     if key is not None:
         if not _IDEMPOTENCY_KEY.fullmatch(key):
             raise ApiError(400, "invalid_idempotency_key",
                            "Idempotency-Key must be 1 to 200 printable ASCII characters.")
-        idempotency = (key, hashlib.sha256(topic.encode()).hexdigest())
+        idempotency = (key, _fingerprint(topic, webhook))
         if replay := await _idempotent_replay(service, owner, idempotency):
             return replay
     limit_key = owner or client_address(request, settings)
@@ -129,7 +142,8 @@ async def _submit_job(request: Request) -> Response:
         raise ApiError(429, "rate_limited", "Too many jobs submitted; slow down.",
                        headers={"Retry-After": retry_after(wait)})
     try:
-        job = await service.runner.submit(topic, owner=owner, idempotency=idempotency)
+        job = await service.runner.submit(topic, owner=owner, idempotency=idempotency,
+                                          webhook=webhook)
     except QueueFull:
         raise ApiError(429, "queue_full", "Too many jobs are waiting; try again shortly.",
                        headers={"Retry-After": RETRY_AFTER}) from None
@@ -144,8 +158,17 @@ async def _submit_job(request: Request) -> Response:
     if wait_s:
         finished = await service.runner.wait_terminal(job.id, timeout_s=wait_s)
         if finished is not None and finished.terminal:
-            return _job_response(finished, 201)
-    return _job_response(job, 202)
+            return await _job_response(service, finished, 201)
+    return await _job_response(service, job, 202)
+
+
+def _fingerprint(topic: str, webhook: WebhookSpec | None) -> str:
+    """What makes two submits the same request: the whole body as the service reads it (a
+    body without a webhook keeps the fingerprint it had before webhooks existed)."""
+    if webhook is None:
+        return hashlib.sha256(topic.encode()).hexdigest()
+    body = json.dumps([topic, webhook.url, webhook.events])
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 async def _idempotent_replay(service: Service, owner: str | None,
@@ -158,7 +181,7 @@ async def _idempotent_replay(service: Service, owner: str | None,
     if earlier != fingerprint:
         raise ApiError(409, "idempotency_conflict",
                        "This Idempotency-Key was already used with another body.")
-    return _job_response(job, 200)
+    return await _job_response(service, job, 200)
 
 
 async def list_jobs(request: Request) -> Response:
@@ -184,12 +207,14 @@ async def list_jobs(request: Request) -> Response:
     jobs = await service.store.list_jobs(owner, status=status, limit=limit + 1, before=cursor)
     page = jobs[:limit]
     next_cursor = page[-1].id if len(jobs) > limit else None
-    return _model_response(JobList(jobs=[job.public() for job in page], next_cursor=next_cursor))
+    return _model_response(JobList(jobs=[await _public(service, job) for job in page],
+                                   next_cursor=next_cursor))
 
 
 async def get_job(request: Request) -> Response:
-    owner = owner_of(request, _service(request).settings)
-    return _model_response((await _owned_job(request, owner)).public())
+    service = _service(request)
+    owner = owner_of(request, service.settings)
+    return _model_response(await _public(service, await _owned_job(request, owner)))
 
 
 async def cancel_job(request: Request) -> Response:
@@ -199,7 +224,7 @@ async def cancel_job(request: Request) -> Response:
         cancelled = await service.runner.cancel(job.id)
     except NotCancellable as exc:
         raise ApiError(409, "not_cancellable", f"The job has already {exc}.") from None
-    return _job_response(cancelled or job, 202)
+    return await _job_response(service, cancelled or job, 202)
 
 
 async def job_events(request: Request) -> Response | EventStream:

@@ -14,8 +14,9 @@ from pipeline.tracing import Tracing
 from .ratelimit import Limiter
 from .stream import OpenStreams
 
-if TYPE_CHECKING:  # redis is imported only when REDIS_URL is set
+if TYPE_CHECKING:  # redis is imported only when REDIS_URL is set, webhooks when WEBHOOK_SECRET is
     from pipeline.redis_store import RedisJobStore
+    from pipeline.webhooks import Webhooks
 
 
 @dataclass
@@ -30,3 +31,5 @@ class Service:
     #: the open event streams, ended once the drain is over
     streams: OpenStreams
     tracing: Tracing
+    #: webhook delivery, when WEBHOOK_SECRET is set (else a submit with a webhook gets 422)
+    webhooks: Webhooks | None = None

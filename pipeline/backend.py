@@ -25,8 +25,11 @@ from .settings import Settings
 from .store import JobStore, MemoryJobStore
 
 if TYPE_CHECKING:  # redis (a tenth of a second to import) only when REDIS_URL is set
+    import redis.asyncio as redis
+
     from .redis_log import LogHub
     from .redis_store import RedisJobStore
+    from .webhooks import Webhooks  # and webhooks (httpx2) only when WEBHOOK_SECRET is
 
 #: the subscription waits this long for a message before it pings; its timeout is longer
 _PUBSUB_TIMEOUT_S = 15.0
@@ -39,12 +42,16 @@ class Backend:
     #: the Redis store, when jobs are shared (for readiness checks)
     shared: RedisJobStore | None = None
     hub: LogHub | None = None
+    #: webhook delivery, when WEBHOOK_SECRET is set
+    webhooks: Webhooks | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The backend's own tasks, until cancelled."""
         async with anyio.create_task_group() as tg:
             if self.hub is not None:
                 await tg.start(self.hub.run)
+            if self.webhooks is not None:
+                await tg.start(self.webhooks.run)
             await tg.start(self.runner.run)
             task_status.started()
 
@@ -53,7 +60,8 @@ class Backend:
 async def open_backend(settings: Settings, llm: LLM, metrics: Metrics) -> AsyncIterator[Backend]:
     if settings.redis_url is None:
         memory = MemoryJobStore(ttl_s=settings.job_ttl_s, max_jobs=settings.max_stored_jobs)
-        yield Backend(memory, JobRunner(memory, llm, settings, metrics))
+        runner = JobRunner(memory, llm, settings, metrics)
+        yield Backend(memory, runner, webhooks=_webhooks(settings, metrics, runner, None))
         return
     from .redis_log import LogHub
     from .redis_runner import BLOCK_S, RedisJobRunner
@@ -72,10 +80,31 @@ async def open_backend(settings: Settings, llm: LLM, metrics: Metrics) -> AsyncI
                               job_timeout_s=settings.job_timeout_s,
                               write_patience_s=settings.job_timeout_s)
         runner = RedisJobRunner(store, blocking, llm, settings, metrics, name=name)
-        yield Backend(store, runner, shared=store, hub=hub)
+        yield Backend(store, runner, shared=store, hub=hub,
+                      webhooks=_webhooks(settings, metrics, runner, client))
     finally:
         for connection in (client, blocking, subscriber):
             await connection.aclose()
+
+
+def _webhooks(settings: Settings, metrics: Metrics, runner: JobRunner,
+              client: redis.Redis | None) -> Webhooks | None:
+    """Webhook delivery, told of every job's events, with its queue beside the jobs."""
+    if settings.webhook_secret is None:
+        return None
+    from .webhook_queue import DeliveryQueue, MemoryDeliveryQueue
+    from .webhooks import Webhooks
+
+    queue: DeliveryQueue
+    if client is None:
+        queue = MemoryDeliveryQueue(max_statuses=settings.max_stored_jobs + settings.max_queued_jobs)
+    else:
+        from .redis_webhooks import RedisDeliveryQueue
+
+        queue = RedisDeliveryQueue(client, status_ttl_s=settings.job_ttl_s + 3600)
+    webhooks = Webhooks(queue, settings, metrics)
+    runner.events.webhooks = webhooks
+    return webhooks
 
 
 def instance_name(settings: Settings) -> str:

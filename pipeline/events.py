@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from .contract import JobStatus, Stage
 from .deltas import DeltaCoalescer, LiveParts
@@ -41,6 +42,9 @@ from .settings import Settings
 from .store import JobStore
 from .tracing import Tracing
 
+if TYPE_CHECKING:
+    from .webhooks import Webhooks
+
 logger = logging.getLogger(__name__)
 
 #: progress at the start of each stage; sections fill the span from content to style
@@ -58,6 +62,8 @@ class JobEvents:
         self.metrics = metrics
         self.live = LiveParts(settings.deltas_per_s)
         self.tracing = tracing or Tracing()
+        #: webhooks: told of each event of a job that has one (set by the backend)
+        self.webhooks: Webhooks | None = None
 
     async def started(self, job: Job) -> None:
         job.start()
@@ -84,6 +90,8 @@ class JobEvents:
             data = ErrorEvent(code=error.code, message=error.message)
         if not await self.store.finish(job, data, only_if=only_if):
             return False
+        if job.webhook is not None and self.webhooks is not None:  # webhooks
+            await self.webhooks.notify(job, data)
         code = error.code if error else ""
         self.metrics.jobs_finished.labels(status.value, code).inc()
         if job.started_at is not None and job.finished_at is not None:
@@ -176,3 +184,5 @@ class JobEvents:
 
     async def _publish(self, job: Job, data: Event) -> None:
         await self.store.append(job.id, data)
+        if job.webhook is not None and self.webhooks is not None:  # webhooks
+            await self.webhooks.notify(job, data)

@@ -13,7 +13,7 @@ from .errors import TransitionError
 from .payloads import JobErrorBody
 from .usage import CallUsage, Usage
 
-__all__ = ["Event", "Job", "JobStatus", "Stage", "machine_of", "new_job_id"]
+__all__ = ["Event", "Job", "JobStatus", "Stage", "WebhookSpec", "machine_of", "new_job_id"]
 
 
 def new_job_id(machine: str | None = None) -> str:
@@ -36,6 +36,14 @@ def _iso_or_none(timestamp: float | None) -> str | None:
     return None if timestamp is None else _iso(timestamp)
 
 
+@dataclass(frozen=True)
+class WebhookSpec:
+    """Where a job's events are POSTed, and which of them (`start`, `progress`, `completed`)."""
+
+    url: str
+    events: tuple[str, ...] = ("completed",)
+
+
 @dataclass
 class Job:
     topic: str
@@ -56,6 +64,7 @@ class Job:
     usage: Usage = field(default_factory=Usage)
     #: the job's place in a trace, kept so whichever instance runs or ends it continues it
     trace: str | None = None
+    webhook: WebhookSpec | None = None
 
     @property
     def terminal(self) -> bool:
@@ -94,8 +103,8 @@ class Job:
             self.article = article
             self.advance(Stage.done, 100)
 
-    def public(self) -> payloads.Job:
-        """The job as the contract shows it to clients."""
+    def public(self, webhook: payloads.WebhookStatus | None = None) -> payloads.Job:
+        """The job as the contract shows it to clients, with its `webhook` status if given."""
         return payloads.Job(
             id=self.id,
             topic=self.topic,
@@ -113,6 +122,7 @@ class Job:
                 output_tokens=self.usage.output_tokens,
                 cost_usd=self.usage.cost_usd),
             links=payloads.Links(self=f"/api/jobs/{self.id}", events=f"/api/jobs/{self.id}/events"),
+            webhook=webhook,
         )
 
 

@@ -55,6 +55,17 @@ class Metrics:
         self.streams_dropped = Counter("articlestream_streams_dropped_total",
                                        "Streams ended because the client stopped reading.",
                                        registry=r)
+        self.webhook_deliveries = Counter(
+            "articlestream_webhook_deliveries_total",
+            "Webhook deliveries that ended: delivered, failed (out of attempts), lost (pending "
+            "when this process stopped without Redis).", ["outcome"], registry=r)
+        self.webhook_attempts = Counter("articlestream_webhook_attempts_total",
+                                        "Webhook delivery attempts, by outcome (ok or failed).",
+                                        ["outcome"], registry=r)
+        self.webhook_latency = Histogram(
+            "articlestream_webhook_delivery_latency_seconds",
+            "From the event to its delivery, retries included.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900), registry=r)
 
         self.tasks = Gauge("articlestream_asyncio_tasks",
                            "Tasks alive in the event loop (read at scrape time).", registry=r)

@@ -46,6 +46,25 @@ class Usage(Model):
                           "built-in table); null when the model's price is unknown.")
 
 
+class WebhookDelivery(Model):
+    """One event the receiver took."""
+
+    type: Literal["job.started", "job.progress", "job.completed"]
+    id: str = Field(description="The delivery's `webhook-id` (the same on every retry).")
+    attempts: int = Field(ge=1, description="How many tries it took.")
+
+
+class WebhookStatus(Model):
+    """What became of the job's webhook deliveries."""
+
+    url: str
+    delivered: list[WebhookDelivery] = Field(
+        description="The deliveries the receiver took, oldest first (the last 20).")
+    pending: int = Field(ge=0, description="Deliveries not yet taken: queued, or waiting to retry.")
+    last_error: str | None = Field(
+        description="Why the latest failed attempt failed; null if none has.")
+
+
 class Job(Model):
     """A job as `GET /api/jobs/{id}` shows it."""
 
@@ -63,6 +82,8 @@ class Job(Model):
     error: JobErrorBody | None = Field(description="Why the job failed or was cancelled.")
     usage: Usage = Field(description="Tokens and cost of the job's LLM calls so far.")
     links: Links
+    webhook: WebhookStatus | None = Field(
+        default=None, description="The job's webhook and its deliveries; null without one.")
 
 
 class JobList(Model):

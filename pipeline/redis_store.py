@@ -25,7 +25,7 @@ from . import payloads
 from . import redis_keys as keys
 from .contract import JobStatus, Stage
 from .errors import LeaseLost, QueueFull, StoreUnavailable
-from .job import Event, Job
+from .job import Event, Job, WebhookSpec
 from .payloads import JobErrorBody
 from .redis_log import LogHub, frame
 from .usage import Usage
@@ -77,6 +77,7 @@ def encode_job(job: Job) -> dict[str, str]:
         "contents": json.dumps(job.contents),
         "usage": json.dumps(dataclasses.asdict(job.usage)),
         "trace": job.trace or "",
+        "webhook": json.dumps([job.webhook.url, job.webhook.events] if job.webhook else None),
     }
 
 
@@ -94,6 +95,8 @@ def decode_job(fields: Mapping[bytes, bytes]) -> Job:
         # Absent from jobs stored before usage and traces were kept.
         usage=Usage(**json.loads(text["usage"])) if "usage" in text else Usage(),
         trace=text.get("trace") or None,
+        webhook=WebhookSpec(webhook[0], tuple(webhook[1]))
+        if (webhook := json.loads(text.get("webhook", "null"))) else None,
     )
 
 

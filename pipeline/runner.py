@@ -20,7 +20,7 @@ from .contract import JobStatus
 from .errors import JobError, KeyTaken, LeaseLost, NotCancellable, QueueFull, ShuttingDown, StoreUnavailable
 from .events import JobEvents
 from .flow import build_flow, new_shared, resume_stage
-from .job import Job, new_job_id
+from .job import Job, WebhookSpec, new_job_id
 from .llm import LLM
 from .messages import FlowEnded, Report
 from .metrics import Metrics
@@ -65,12 +65,13 @@ class JobRunner:
             task_status.started()
 
     async def submit(self, topic: str, *, owner: str | None,
-                     idempotency: tuple[str, str] | None = None) -> Job:
+                     idempotency: tuple[str, str] | None = None,
+                     webhook: WebhookSpec | None = None) -> Job:
         """Queue a new job; raises ShuttingDown, QueueFull or KeyTaken."""
         if self.draining:
             raise ShuttingDown
         self._check_room()
-        job = Job(topic=topic, owner=owner,
+        job = Job(topic=topic, owner=owner, webhook=webhook,
                   id=new_job_id(self.settings.machine_id if self.settings.placed_ids else None),
                   trace=self.llm.tracing.new_job_trace())
         # Stored with its first event before it can start, so that event is always `queued`.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -76,6 +78,13 @@ class Settings:
 
     #: OTEL_EXPORTER_OTLP_ENDPOINT (or its traces-only form): tracing is on only when set
     otel_endpoint: str | None = None
+    #: the Standard Webhooks key (`whsec_` + base64); webhooks are refused while it is unset
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_allow_private: bool = False
+    webhook_max_attempts: int = 8
+    webhook_timeout_s: float = 10.0
+    #: the wait before the first retry; each later one doubles it (with jitter), up to 5 minutes
+    webhook_backoff_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.llm_provider not in ("auto", "anthropic", "offline"):
@@ -97,6 +106,14 @@ class Settings:
                                 "(a quiet stream needs a keep-alive now and then).")
         if self.lease_s < 1:
             raise SettingsError(f"LEASE_SECONDS is {self.lease_s:g}; it must be at least 1.")
+        if self.webhook_secret is not None:
+            _check_webhook_secret(self.webhook_secret)
+        if self.webhook_timeout_s <= 0:
+            raise SettingsError(f"WEBHOOK_TIMEOUT_SECONDS is {self.webhook_timeout_s:g}; it must be "
+                                "more than 0.")
+        if self.webhook_max_attempts < 1:
+            raise SettingsError(f"WEBHOOK_MAX_ATTEMPTS is {self.webhook_max_attempts}; it must be at "
+                                "least 1.")
         for name in ("max_running_jobs", "max_stored_jobs", "max_llm_calls", "outline_attempts", "llm_stream_attempts",
                      "section_concurrency", "max_streams", "deltas_per_s", "max_body_bytes", "max_topic_chars"):
             if getattr(self, name) < 1:
@@ -166,7 +183,29 @@ class Settings:
             otel_endpoint=None if reader.flag("OTEL_SDK_DISABLED", False) else (
                 reader.optional("OTEL_EXPORTER_OTLP_ENDPOINT")
                 or reader.optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+            webhook_secret=reader.optional("WEBHOOK_SECRET"),
+            webhook_allow_private=reader.flag("WEBHOOK_ALLOW_PRIVATE", cls.webhook_allow_private),
+            webhook_max_attempts=reader.integer("WEBHOOK_MAX_ATTEMPTS", cls.webhook_max_attempts),
+            webhook_timeout_s=reader.number("WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_s),
+            webhook_backoff_s=reader.number("WEBHOOK_BACKOFF_SECONDS", cls.webhook_backoff_s),
         )
+
+
+#: Standard Webhooks asks for 24 to 64 random bytes; fewer than 16 is refused
+_MIN_SECRET_BYTES = 16
+
+
+def _check_webhook_secret(secret: str) -> None:
+    if not secret.startswith("whsec_"):
+        raise SettingsError("WEBHOOK_SECRET must start with whsec_ (a Standard Webhooks key: "
+                            "whsec_ and base64 of 24 to 64 random bytes).")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError("WEBHOOK_SECRET is not whsec_ followed by base64.") from None
+    if len(key) < _MIN_SECRET_BYTES:
+        raise SettingsError(f"WEBHOOK_SECRET holds {len(key)} bytes; use 24 to 64 random bytes "
+                            f"(at least {_MIN_SECRET_BYTES}).")
 
 
 class _Reader:

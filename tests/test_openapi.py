@@ -78,6 +78,15 @@ max-stream-events = 1000
 [[operations]]
 include-operation-id = "listJobs"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404"]
+
+# Whether a webhook URL is taken depends on more than its shape (WEBHOOK_SECRET, what its host
+# resolves to): a well-formed one is rightly refused (422 invalid_webhook).
+[[operations]]
+include-operation-id = "submitJob"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+# A long `webhook` that breaks the schema may also break MAX_BODY_BYTES first (413).
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409",
+                                                    "413", "415", "422", "428", "429", "5xx"]
 """
 
 

@@ -1,0 +1,138 @@
+"""Pending webhook deliveries in Redis, so any instance delivers them and none is lost.
+
+Deliveries are records in one hash, scheduled in a sorted set by due time. A claim (one
+script) takes the due ones and moves each a lease into the future: the instance that
+claimed it records the outcome before then, or, if it died, the delivery comes due again
+for any instance. A job's status (url, pending, last error) is a hash of its own, and its
+delivered entries a capped list, beside the job's keys with the same `{id}` tag, so the
+runner's saves of the job and these writes never touch each other.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as redis
+
+from . import payloads
+from .redis_keys import PREFIX
+from .redis_store import redis_errors
+from .webhook_queue import MAX_DELIVERED_SHOWN, Delivery
+
+#: delivery ids scored by when each is due
+DUE = PREFIX + "webhooks:due"
+#: delivery id -> the delivery's JSON
+RECORDS = PREFIX + "webhooks:records"
+
+
+def status_key(job_id: str) -> str:
+    return f"{PREFIX}{{{job_id}}}:webhook"
+
+
+def delivered_key(job_id: str) -> str:
+    return f"{PREFIX}{{{job_id}}}:webhook:delivered"
+
+
+#: KEYS due, records. ARGV now, lease end, limit.
+CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local record = redis.call('HGET', KEYS[2], id)
+  if record then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(out, record)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+#: KEYS due, records, status. ARGV id, record, due, error. Only a delivery still pending is
+#: rescheduled: one another instance has finished meanwhile stays finished.
+RETRY = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[3], 'last_error', ARGV[4])
+return 1
+"""
+
+#: KEYS due, records, status, delivered. ARGV id, error ('' if delivered), entry, cap, ttl.
+#: Counted once however many instances finish the same delivery.
+DONE = """
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'pending', -1) end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[3], 'last_error', ARGV[2])
+else
+  redis.call('RPUSH', KEYS[4], ARGV[3])
+  redis.call('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+end
+return 1
+"""
+
+
+class RedisDeliveryQueue:
+    """The shared queue; statuses live `status_ttl_s` after their last change."""
+
+    def __init__(self, client: redis.Redis, *, status_ttl_s: float) -> None:
+        self.client = client
+        self.status_ttl_s = int(status_ttl_s)
+        self._claim = client.register_script(CLAIM)
+        self._retry = client.register_script(RETRY)
+        self._done = client.register_script(DONE)
+
+    async def push(self, delivery: Delivery) -> None:
+        status = status_key(delivery.job_id)
+        async with redis_errors():
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(RECORDS, delivery.id, delivery.dumps())
+                pipe.zadd(DUE, {delivery.id: delivery.created})
+                pipe.hsetnx(status, "url", delivery.url)
+                pipe.hincrby(status, "pending", 1)
+                pipe.expire(status, self.status_ttl_s)
+                await pipe.execute()
+
+    async def claim(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+        async with redis_errors():
+            records = await self._claim(keys=[DUE, RECORDS], args=[now, now + lease_s, limit])
+        return [Delivery.loads(record) for record in records]
+
+    async def retry(self, delivery: Delivery, due: float, error: str) -> None:
+        async with redis_errors():
+            await self._retry(keys=[DUE, RECORDS, status_key(delivery.job_id)],
+                              args=[delivery.id, delivery.dumps(), due, error])
+
+    async def done(self, delivery: Delivery, error: str | None) -> None:
+        entry = payloads.WebhookDelivery(type=delivery.type, id=delivery.id,  # type: ignore[arg-type]
+                                         attempts=delivery.attempts).model_dump_json()
+        async with redis_errors():
+            await self._done(
+                keys=[DUE, RECORDS, status_key(delivery.job_id), delivered_key(delivery.job_id)],
+                args=[delivery.id, error or "", entry, MAX_DELIVERED_SHOWN, self.status_ttl_s])
+
+    async def status(self, job_id: str) -> payloads.WebhookStatus | None:
+        async with redis_errors():
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(status_key(job_id))
+                pipe.lrange(delivered_key(job_id), 0, -1)
+                fields, delivered = await pipe.execute()
+        if not fields:
+            return None
+        error = fields.get(b"last_error")
+        return payloads.WebhookStatus(
+            url=fields[b"url"].decode(),
+            delivered=[payloads.WebhookDelivery.model_validate_json(entry) for entry in delivered],
+            pending=max(0, int(fields.get(b"pending", b"0"))),
+            last_error=error.decode() if error is not None else None)
+
+    async def next_due(self) -> float | None:
+        return None  # another instance may add one at any time: the worker polls
+
+    async def pending(self) -> int:
+        async with redis_errors():
+            return int(await self.client.zcount(DUE, "-inf", time.time()))
