@@ -60,7 +60,7 @@ class Settings:
     stream_deltas: bool = True
     delta_interval_ms: int = 50
     #: all jobs' live text together: past this many deltas a second they come further apart
-    deltas_per_s: int = 4000
+    deltas_per_s: int = 2000
     retry_hint_ms: int = 2000
 
     redis_url: str | None = field(default=None, repr=False)

@@ -6,6 +6,7 @@ the loopback interface; the address rules themselves are in test_webhook_target.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -188,3 +189,38 @@ def test_jobs_without_a_webhook_show_none(service: Start) -> None:
     job = httpx.post(f"{app.url}/api/jobs", json={"topic": "Bees"}).json()
     assert job["webhook"] is None
     assert httpx.get(f"{app.url}/api/jobs").json()["jobs"][0]["webhook"] is None
+
+
+def stop(app: Any, timeout_s: float = 20) -> str:
+    """SIGTERM the service, wait for it to exit, and return its log."""
+    app.proc.send_signal(signal.SIGTERM)
+    app.proc.wait(timeout=timeout_s)
+    log: str = app.log()
+    return log
+
+
+def test_on_sigterm_a_pending_delivery_gets_the_drain_budget(service: Start,
+                                                             receiver: tuple[Receiver, str]) -> None:
+    hooks, base = receiver
+    app = service(DRAIN_SECONDS="5")
+    job = submit(app.url, f"{base}/down")
+    read_stream(app.url, job["id"])
+    wait_for(lambda: len(hooks.at("/down")) >= 2, 30, "the delivery being retried")
+    app.proc.send_signal(signal.SIGTERM)
+    hooks.open()  # the receiver comes back while the service drains
+    app.proc.wait(timeout=20)
+    assert [r.answered for r in hooks.at("/down")][-1] == 200
+    assert {r.id for r in hooks.at("/down")} == {hooks.at("/down")[0].id}, "one webhook-id"
+    assert "lost at shutdown" not in app.log()
+
+
+def test_without_redis_a_delivery_still_pending_after_the_drain_is_logged_lost(
+        service: Start, receiver: tuple[Receiver, str]) -> None:
+    hooks, base = receiver
+    app = service(DRAIN_SECONDS="1")
+    job = submit(app.url, f"{base}/down")
+    read_stream(app.url, job["id"])
+    wait_for(lambda: len(hooks.at("/down")) >= 1, 30, "a first attempt")
+    log = stop(app)
+    assert all(r.answered == 503 for r in hooks.at("/down"))
+    assert "webhook job.completed lost at shutdown" in log

@@ -31,6 +31,8 @@ class Received:
     path: str
     id: str
     payload: dict[str, Any]
+    #: the status the receiver answered (0 while it has not)
+    answered: int = 0
 
 
 @dataclass
@@ -73,9 +75,15 @@ class Receiver:
                 self.forged.append(f"{request.url.path}: {exc}")
                 return Response(status_code=400)
             path = request.url.path
+            received = Received(path, request.headers["webhook-id"], payload)
             with self._lock:
-                self.requests.append(Received(path, request.headers["webhook-id"], payload))
+                self.requests.append(received)
                 tries = sum(1 for r in self.requests if r.id == request.headers["webhook-id"])
+            response = await answer(path, tries)
+            received.answered = response.status_code
+            return response
+
+        async def answer(path: str, tries: int) -> Response:
             if path == "/flaky" and tries <= 2:
                 return Response(status_code=500)
             if path == "/hang" and tries == 1:
