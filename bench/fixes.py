@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from _measure import Figures
@@ -22,17 +24,23 @@ SHOWN = ("done", "completion_p95_s", "server_cpu_ms_per_job", "events_per_job",
          "done_event_latency_p99_ms", "server_rss_mib_peak", "machine_busy_pct")
 
 
-def measure(commit: str, jobs: int, delay_ms: int, clients: int) -> Figures:
+@contextmanager
+def app_at(commit: str) -> Iterator[Path]:
+    """The service's `app.py` as it was at `commit`, in a temporary worktree."""
     with tempfile.TemporaryDirectory(prefix="articlestream-fix-") as folder:
         tree = Path(folder) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), commit],
                        cwd=ROOT, check=True)
         try:
-            with run_server(script=tree / "app.py", **jobs_env(jobs, delay_ms)) as server:
-                warm_up(server)
-                run = run_jobs([server], jobs, clients, timeout_s=120.0 + jobs * 0.1)
+            yield tree / "app.py"
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
+
+
+def measure(commit: str, jobs: int, delay_ms: int, clients: int) -> Figures:
+    with app_at(commit) as app, run_server(script=app, **jobs_env(jobs, delay_ms)) as server:
+        warm_up(server)
+        run = run_jobs([server], jobs, clients, timeout_s=120.0 + jobs * 0.1)
     figures = Figures()
     report(run, delay_ms, figures)
     return figures

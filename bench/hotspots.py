@@ -1,6 +1,7 @@
 """Where the server's CPU goes under load: py-spy samples the server through a `jobs` run.
 
-    .venv/bin/python bench/profile.py --jobs 1000        # prints the top lines, writes nothing
+    .venv/bin/python bench/hotspots.py --jobs 1000        # prints the top lines, writes nothing
+    .venv/bin/python bench/hotspots.py --commit a82f1da   # the service as it was at a commit
 
 It starts the service as the `jobs` part does, attaches `py-spy record` (raw collapsed stacks,
 idle frames left out) for the whole run, and prints the functions with the most samples: `own`
@@ -17,10 +18,12 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
-from _server import ROOT, run_server
+from _server import APP, ROOT, run_server
 from concurrent_jobs import DEFAULT_CLIENTS, jobs_env, run_jobs, warm_up
+from fixes import app_at
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 _FRAME = re.compile(r"^(?P<name>.*?) \((?P<file>[^:]*)(?::\d+)?\)$")
@@ -32,7 +35,7 @@ def short(frame: str) -> str:
     if not match:
         return frame
     file = match["file"]
-    for root in (str(ROOT) + "/", "site-packages/", "lib/python3.11/"):
+    for root in (str(ROOT) + "/", "site-packages/", "lib/python3.11/", "/tree/"):
         if root in file:
             file = file.split(root, 1)[1]
     return f"{match['name']} ({file})"
@@ -79,11 +82,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--commit", help="profile the service at this commit (a temporary worktree)")
     parser.add_argument("--callers", action="append", default=[], metavar="FUNCTION",
                         help="also print who calls FUNCTION (a name's start, e.g. CancelScope._timeout)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp, run_server(**jobs_env(args.jobs, args.delay_ms)) as server:
+    with (app_at(args.commit) if args.commit else nullcontext(APP)) as app, \
+            tempfile.TemporaryDirectory() as tmp, \
+            run_server(script=app, **jobs_env(args.jobs, args.delay_ms)) as server:
         warm_up(server)
         out = Path(tmp) / "profile.txt"
         spy = subprocess.Popen([str(PY_SPY), "record", "--pid", str(server.pid), "--format", "raw",
