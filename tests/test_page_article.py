@@ -215,5 +215,7 @@ def test_screenshot_of_the_finished_page(
         submit_topic(page, "Home composting")
         wait_finished(page)
         expect(page.get_by_role("button", name="Copy Markdown")).to_be_visible()
+        # The progress bar eases to 100 %: the picture shows the page once it has settled.
+        page.evaluate("Promise.all(document.getAnimations().map((a) => a.finished))")
         page.screenshot(path=str(SCREENSHOTS[scheme]), full_page=True)
     assert SCREENSHOTS[scheme].stat().st_size > 10_000
