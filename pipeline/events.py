@@ -67,10 +67,9 @@ class JobEvents:
 
     async def started(self, job: Job) -> None:
         job.start()
-        await self.store.save(job)
         logger.info("job running", extra={"job_id": job.id})
         await self._publish(job, StatusEvent(status=JobStatus.running, stage=job.stage,
-                                             progress=job.progress))
+                                             progress=job.progress), save=True)
 
     async def finish(self, job: Job, status: JobStatus, error: JobErrorBody | None = None, *,
                      article: str | None = None, only_if: JobStatus | None = None) -> bool:
@@ -147,15 +146,13 @@ class JobEvents:
                             self._observe_stage(job, stage_started)
                         stage_started = time.monotonic()
                         job.advance(stage, STAGE_PROGRESS[stage])
-                        await self.store.save(job)
                         await self._publish(job, ProgressEvent(stage=stage, progress=job.progress,
-                                                               message=message))
+                                                               message=message), save=True)
                     case OutlineReady(sections):
                         job.sections = list(sections)
                         job.advance(job.stage, OUTLINE_PROGRESS)
-                        await self.store.save(job)
                         await self._publish(job, OutlineEvent(sections=job.sections,
-                                                              progress=job.progress))
+                                                              progress=job.progress), save=True)
                     case CallEnded(usage):
                         job.used(usage)  # saved, so GET and a resumed job show it
                         await self.store.save(job)
@@ -174,15 +171,15 @@ class JobEvents:
         total = len(job.sections or ())
         span = STAGE_PROGRESS[Stage.style] - STAGE_PROGRESS[Stage.content]
         job.advance(job.stage, STAGE_PROGRESS[Stage.content] + span * completed // total)
-        await self.store.save(job)
         await self._publish(job, SectionEvent(
             index=section.index, title=section.title, content=section.content,
-            completed=completed, total=total, progress=job.progress))
+            completed=completed, total=total, progress=job.progress), save=True)
 
     def _observe_stage(self, job: Job, started: float) -> None:
         self.metrics.stage_seconds.labels(job.stage.value).observe(time.monotonic() - started)
 
-    async def _publish(self, job: Job, data: Event) -> None:
-        await self.store.append(job.id, data)
+    async def _publish(self, job: Job, data: Event, *, save: bool = False) -> None:
+        """Append `data` to the job's log; with `save`, the job's new state goes with it."""
+        await self.store.append(job.id, data, save=job if save else None)
         if job.webhook is not None and self.webhooks is not None:  # webhooks
             await self.webhooks.notify(job, data)

@@ -96,13 +96,21 @@ end
 return 'ok'
 """
 
-#: KEYS job, log. ARGV token, job id, type, data, the id expected ('' for any)
+#: KEYS job, log, queued. ARGV token, job id, type, data, the id expected ('' for any),
+#: fields of the job to save with the event...
 APPEND = _COMMON + """
 local refused = refusal(KEYS[1], ARGV[1])
 if refused then return {refused} end
 -- Still this runner's job: an id the log has already is its own write, retried.
 local expected = tonumber(ARGV[5])
 if expected and expected <= redis.call('XLEN', KEYS[2]) then return {'ok', expected} end
+if #ARGV >= 6 then
+  local before = redis.call('HGET', KEYS[1], 'status')
+  hset_pairs(KEYS[1], ARGV, 6)
+  if before == 'queued' and redis.call('HGET', KEYS[1], 'status') ~= 'queued' then
+    redis.call('DECR', KEYS[3])
+  end
+end
 return {'ok', append(KEYS[1], KEYS[2], ARGV[2], ARGV[3], ARGV[4])}
 """
 

@@ -189,9 +189,7 @@ class RedisJobStore:
                 pause = min(2.0, pause * 2)
 
     async def save(self, job: Job) -> None:
-        fields = encode_job(job)
-        saved = self._saved.get(job.id, {})
-        changed = {name: value for name, value in fields.items() if saved.get(name) != value}
+        fields, changed = self._changes(job)
         if not changed:
             return
         verdict = await self._patiently(lambda: self._save(
@@ -199,6 +197,12 @@ class RedisJobStore:
             args=[self._tokens.get(job.id, ""), *_pairs(changed)]))
         _check(verdict, job.id)
         self._saved[job.id] = fields
+
+    def _changes(self, job: Job) -> tuple[dict[str, str], dict[str, str]]:
+        """The job's fields, and those that differ from what this instance last saved."""
+        fields = encode_job(job)
+        saved = self._saved.get(job.id, {})
+        return fields, {name: value for name, value in fields.items() if saved.get(name) != value}
 
     async def finish(self, job: Job, data: payloads.Event, *,
                      only_if: JobStatus | None = None) -> bool:
@@ -214,13 +218,18 @@ class RedisJobStore:
         self.release(job.id)
         return bool(verdict == b"ok")
 
-    async def append(self, job_id: str, data: payloads.Event) -> Event:
+    async def append(self, job_id: str, data: payloads.Event, *, save: Job | None = None) -> Event:
         text = data.model_dump_json()
         expected = self._next_ids.get(job_id, "")
+        # The job's new state goes in the same script: one round trip, not two.
+        fields, changed = self._changes(save) if save is not None else ({}, {})
         result = await self._patiently(lambda: self._append(
-            keys=[keys.job_key(job_id), keys.log_key(job_id)],
-            args=[self._tokens.get(job_id, ""), job_id, data.event, text, expected]))
+            keys=[keys.job_key(job_id), keys.log_key(job_id), keys.QUEUED],
+            args=[self._tokens.get(job_id, ""), job_id, data.event, text, expected,
+                  *_pairs(changed)]))
         _check(result[0], job_id)
+        if save is not None:
+            self._saved[job_id] = fields
         event_id = int(result[1])
         if job_id in self._next_ids:
             self._next_ids[job_id] = event_id + 1

@@ -43,9 +43,9 @@ class JobStore(Protocol):
                    before: str | None) -> list[Job]:
         """Jobs newest first, after the job `before` in that order."""
 
-    async def append(self, job_id: str, data: payloads.Event) -> Event:
+    async def append(self, job_id: str, data: payloads.Event, *, save: Job | None = None) -> Event:
         """Add an event; the log assigns its id, 1, 2, 3 ... per job. A terminal event
-        closes the log."""
+        closes the log. `save`, the job's new state, is stored with it in one step."""
 
     async def read(self, job_id: str, after: int, *, timeout_s: float) -> list[Event] | None:
         """Events with id > `after`, waiting up to `timeout_s` for one ([] if none came).
@@ -133,7 +133,9 @@ class MemoryJobStore:
                     break
         return (entry.job for entry in entries)
 
-    async def append(self, job_id: str, data: payloads.Event) -> Event:
+    async def append(self, job_id: str, data: payloads.Event, *, save: Job | None = None) -> Event:
+        if save is not None:
+            await self.save(save)
         entry = self._entries[job_id]
         event_id = len(entry.events) + 1
         event = Event(event_id, data.event,

@@ -69,6 +69,18 @@ async def finish(store: JobStore, job: Job) -> None:
     assert await store.finish(job, CancelledEvent(code="cancelled", message="Cancelled."))
 
 
+async def test_an_event_appended_with_the_jobs_state_stores_both(open_store: StoreFactory) -> None:
+    async with open_store(ttl_s=60, max_jobs=10) as store:
+        job = await add_job(store, "a")
+        job.start()
+        running = StatusEvent(status=JobStatus.running, stage=job.stage, progress=0)
+        assert (await store.append(job.id, running, save=job)).id == 2
+        stored = await store.get(job.id)
+        assert stored is not None and stored.status is JobStatus.running
+        events = await store.read(job.id, 1, timeout_s=0)
+        assert events is not None and [event.type for event in events] == ["status"]
+
+
 async def test_ids_count_from_one_without_gaps(open_store: StoreFactory) -> None:
     async with open_store(ttl_s=60, max_jobs=10) as store:
         job = await add_job(store, "a")
