@@ -18,8 +18,6 @@ GROUP = "runners"
 QUEUED = PREFIX + "queued"
 #: finished jobs by end time: members are "<id> <list key>"
 FINISHED = PREFIX + "finished"
-#: every event of every job: "<job id>\n<event id>\n<type>\n<data>"
-EVENTS_CHANNEL = PREFIX + "events"
 #: job ids whose running instance must stop them
 CANCEL_CHANNEL = PREFIX + "cancel"
 
@@ -30,6 +28,16 @@ def job_key(job_id: str) -> str:
 
 def log_key(job_id: str) -> str:
     return f"{PREFIX}{{{job_id}}}:log"
+
+
+def events_channel(job_id: str) -> str:
+    """Where each event of one job is published as it is appended: "<event id>\n<type>\n<data>"."""
+    return f"{PREFIX}{{{job_id}}}:events"
+
+
+def job_of_channel(channel: str) -> str:
+    """The job id in an `events_channel` name."""
+    return channel[len(PREFIX) + 1:-len("}:events")]
 
 
 def list_key(owner: str | None) -> str:
@@ -48,7 +56,7 @@ end
 local function append(job_key, log_key, job_id, etype, data)
   local n = redis.call('XLEN', log_key) + 1
   redis.call('XADD', log_key, '0-' .. n, 't', etype, 'd', data)
-  redis.call('PUBLISH', '""" + EVENTS_CHANNEL + """', job_id .. '\\n' .. n .. '\\n' .. etype .. '\\n' .. data)
+  redis.call('PUBLISH', '""" + PREFIX + """{' .. job_id .. '}:events', n .. '\\n' .. etype .. '\\n' .. data)
   return n
 end
 -- nil when the caller may write the job: it is neither gone nor ended, and it is unclaimed

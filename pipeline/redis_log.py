@@ -1,10 +1,11 @@
 """Following jobs' logs on Redis: one follower per job per instance, however many subscribers.
 
-Every appended event is also published on one channel (in the same script as its `XADD`),
-so one subscription per instance hears them all. A follower holds its job's events in
-order; it catches up with `XRANGE` when it starts, when an id is skipped, and after the
-subscription has been lost (Redis restarted), so no event is lost or repeated. Cancel
-requests arrive on a second channel and go to `on_cancel`.
+Every appended event is also published on its job's own channel (in the same script as its
+`XADD`), and an instance subscribes, on its one subscription connection, to the channels of
+the jobs it follows: it parses only the events someone here reads. A follower holds its
+job's events in order; it catches up with `XRANGE` once Redis has confirmed its channel, when
+an id is skipped, and after the subscription has been lost (Redis restarted), so no event is
+lost or repeated. Cancel requests arrive on one more channel and go to `on_cancel`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 IDLE_FOLLOWER_S = 60.0
 #: wait between tries to subscribe again while Redis is away
 RECONNECT_S = 0.5
+#: how long a new follower waits for Redis to confirm its channel
+SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 def frame(event_id: int, type: str, data: str) -> bytes:
@@ -44,6 +47,8 @@ class _Follower:
     events: list[Event] = field(default_factory=list)
     #: set (and replaced) whenever events arrive, so waiting readers wake together
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set once Redis has confirmed the job's channel on the current subscription
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
     #: set once the first catch-up is done
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: heard on the channel before the first catch-up was done
@@ -78,6 +83,7 @@ class LogHub:
         self.on_cancel: Callable[[str], None] = lambda job_id: None
         self._followers: dict[str, _Follower] = {}
         self._task_group: TaskGroup | None = None
+        self._pubsub: redis.client.PubSub | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled, subscribing again whenever the connection is lost."""
@@ -88,10 +94,12 @@ class LogHub:
             while True:
                 try:
                     async with self.pubsub_client.pubsub() as pubsub:
-                        await pubsub.subscribe(keys.EVENTS_CHANNEL, keys.CANCEL_CHANNEL)
-                        # Subscribed: whatever was appended while away is caught up now.
-                        for follower in list(self._followers.values()):
-                            tg.start_soon(self._catch_up, follower)
+                        # Each follower catches up once Redis confirms its channel (_listen):
+                        # whatever was appended while away comes then.
+                        await pubsub.subscribe(keys.CANCEL_CHANNEL, *(
+                            keys.events_channel(job_id) for job_id, follower
+                            in self._followers.items() if not follower.closed))
+                        self._pubsub = pubsub
                         if not started:
                             task_status.started()
                             started = True
@@ -102,35 +110,50 @@ class LogHub:
                         task_status.started()
                         started = True
                     await anyio.sleep(RECONNECT_S)
+                finally:
+                    self._pubsub = None
+                    for follower in self._followers.values():
+                        follower.subscribed.clear()
 
     async def _listen(self, pubsub: redis.client.PubSub) -> None:
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=10.0)
+            message = await pubsub.get_message(timeout=10.0)
             if message is None:
                 await pubsub.ping()  # a dead connection shows here, not as endless silence
                 continue
-            if message["type"] != "message":
-                continue  # the answer to that ping
-            if message["channel"] == keys.CANCEL_CHANNEL.encode():
-                self.on_cancel(message["data"].decode())
+            kind, channel = message["type"], message["channel"]
+            if kind == "pong" or channel is None or channel == keys.CANCEL_CHANNEL.encode():
+                if kind == "message":
+                    self.on_cancel(message["data"].decode())
                 continue
-            job_id, event_id, type, data = message["data"].split(b"\n", 3)
-            follower = self._followers.get(job_id.decode())
+            follower = self._followers.get(keys.job_of_channel(channel.decode()))
             if follower is None:
                 continue
+            if kind == "subscribe":
+                follower.subscribed.set()
+                if follower.ready.is_set():  # subscribed again: catch up on what was missed
+                    self._spawn_catch_up(follower)
+                continue
+            if kind != "message":
+                continue
+            event_id, type, data = message["data"].split(b"\n", 2)
             if not follower.ready.is_set():
                 follower.pending.append((int(event_id), type.decode(), data))
             elif not follower.add(int(event_id), type.decode(), data):
                 self._spawn_catch_up(follower)
+            elif follower.closed:
+                await pubsub.unsubscribe(channel)  # the log is closed: nothing more will come
 
     async def read(self, job_id: str, after: int, *, timeout_s: float) -> list[Event] | None:
         follower = self._followers.get(job_id)
         if follower is None:
             follower = self._followers[job_id] = _Follower(job_id)
             try:
+                await self._subscribe(follower)
                 await self._catch_up(follower)
             except BaseException:
                 del self._followers[job_id]
+                await self._unsubscribe(job_id)
                 raise
         await follower.ready.wait()
         if follower.missing:
@@ -142,6 +165,26 @@ class LogHub:
         finally:
             follower.readers -= 1
             follower.last_read = time.monotonic()
+
+    async def _subscribe(self, follower: _Follower) -> None:
+        """Subscribe to the job's channel and wait until Redis confirms it. While the
+        subscription is lost, the next one subscribes every follower (and they catch up)."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        try:
+            await pubsub.subscribe(keys.events_channel(follower.job_id))
+            with anyio.fail_after(SUBSCRIBE_TIMEOUT_S):
+                await follower.subscribed.wait()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable("Redis cannot be reached.") from exc
+
+    async def _unsubscribe(self, job_id: str) -> None:
+        if (pubsub := self._pubsub) is not None:
+            try:
+                await pubsub.unsubscribe(keys.events_channel(job_id))
+            except (RedisError, OSError):
+                pass  # the subscription is being lost: the next one leaves this job out
 
     async def _wait(self, follower: _Follower, after: int, timeout_s: float) -> list[Event] | None:
         if len(follower.events) > after:
@@ -191,3 +234,5 @@ class LogHub:
             for job_id, follower in list(self._followers.items()):
                 if follower.readers == 0 and follower.last_read < cutoff:
                     del self._followers[job_id]
+                    if not follower.closed:
+                        await self._unsubscribe(job_id)
