@@ -287,7 +287,8 @@ How the parts measure, in short (each module's docstring has the rest):
   the cut to the millisecond can read up to 1 ms high. Server CPU is per job of the run.
 - `memory`: the RSS that N finished jobs add while kept, per job (run 50 at a time after a warm-up
   batch, so that a run's own peak does not hide them); then on a server with a small
-  `JOB_TTL_SECONDS`, three runs of N at once back to back, RSS read after the sweep forgot every job.
+  `JOB_TTL_SECONDS`, a warm-up run and three runs of N at once back to back, RSS read after the
+  sweep forgot every job (after a run, RSS is the allocator's high-water mark: the warm-up sets it).
 - `idle`: streams on running jobs that send nothing (a huge delay keeps them in their outline
   call), `HEARTBEAT_SECONDS` 2; on time = no gap between arrivals over HEARTBEAT_SECONDS + 1 s.
 - `abandon`: streams opened then closed mid-stream, twice; the open-streams gauge must reach 0.
