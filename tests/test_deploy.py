@@ -26,13 +26,13 @@ from pipeline.settings import Settings
 from .conftest import ROOT
 
 # Memory figures from bench/RESULTS.md (`bench/run.py`: RSS of the server, offline writer).
-REST_MIB = 54.0
+REST_MIB = 48.2
 #: a finished job kept with its event log (memory: rss_kib_held_per_finished_job)
-STORED_JOB_KIB = 23.1
+STORED_JOB_KIB = 22.9
 #: an open stream (idle: server_rss_kib_per_stream, 5,000 streams)
-STREAM_KIB = 33.4
-#: a running job at its peak, with its stream: 100 at once took RSS from 54.0 to 67.0 MiB
-RUNNING_JOB_KIB = (67.0 - 54.0) * 1024 / 100
+STREAM_KIB = 20.8
+#: a running job at its peak, with its stream: 100 at once took RSS from 48.2 to 60.4 MiB
+RUNNING_JOB_KIB = (60.4 - 48.2) * 1024 / 100
 #: for what the bench did not measure: the Anthropic SDK, longer real articles, kept peaks
 HEADROOM = 2.0
 
