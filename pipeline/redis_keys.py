@@ -20,6 +20,10 @@ QUEUED = PREFIX + "queued"
 FINISHED = PREFIX + "finished"
 #: job ids whose running instance must stop them
 CANCEL_CHANNEL = PREFIX + "cancel"
+#: webhook delivery ids scored by when each is due
+WEBHOOKS_DUE = PREFIX + "webhooks:due"
+#: webhook delivery id -> the delivery's JSON
+WEBHOOK_RECORDS = PREFIX + "webhooks:records"
 
 
 def job_key(job_id: str) -> str:
@@ -28,6 +32,16 @@ def job_key(job_id: str) -> str:
 
 def log_key(job_id: str) -> str:
     return f"{PREFIX}{{{job_id}}}:log"
+
+
+def webhook_status_key(job_id: str) -> str:
+    """A job's webhook status: url, pending, last error."""
+    return f"{PREFIX}{{{job_id}}}:webhook"
+
+
+def webhook_delivered_key(job_id: str) -> str:
+    """The job's webhook deliveries the receiver took, newest last."""
+    return f"{PREFIX}{{{job_id}}}:webhook:delivered"
 
 
 def events_channel(job_id: str) -> str:

@@ -15,23 +15,9 @@ import time
 import redis.asyncio as redis
 
 from . import payloads
-from .redis_keys import PREFIX
+from . import redis_keys as keys
 from .redis_store import redis_errors
 from .webhook_queue import MAX_DELIVERED_SHOWN, Delivery
-
-#: delivery ids scored by when each is due
-DUE = PREFIX + "webhooks:due"
-#: delivery id -> the delivery's JSON
-RECORDS = PREFIX + "webhooks:records"
-
-
-def status_key(job_id: str) -> str:
-    return f"{PREFIX}{{{job_id}}}:webhook"
-
-
-def delivered_key(job_id: str) -> str:
-    return f"{PREFIX}{{{job_id}}}:webhook:delivered"
-
 
 #: KEYS due, records. ARGV now, lease end, limit.
 CLAIM = """
@@ -87,11 +73,11 @@ class RedisDeliveryQueue:
         self._done = client.register_script(DONE)
 
     async def push(self, delivery: Delivery) -> None:
-        status = status_key(delivery.job_id)
+        status = keys.webhook_status_key(delivery.job_id)
         async with redis_errors():
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(RECORDS, delivery.id, delivery.dumps())
-                pipe.zadd(DUE, {delivery.id: delivery.created})
+                pipe.hset(keys.WEBHOOK_RECORDS, delivery.id, delivery.dumps())
+                pipe.zadd(keys.WEBHOOKS_DUE, {delivery.id: delivery.created})
                 pipe.hsetnx(status, "url", delivery.url)
                 pipe.hincrby(status, "pending", 1)
                 pipe.expire(status, self.status_ttl_s)
@@ -99,12 +85,14 @@ class RedisDeliveryQueue:
 
     async def claim(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         async with redis_errors():
-            records = await self._claim(keys=[DUE, RECORDS], args=[now, now + lease_s, limit])
+            records = await self._claim(keys=[keys.WEBHOOKS_DUE, keys.WEBHOOK_RECORDS],
+                                        args=[now, now + lease_s, limit])
         return [Delivery.loads(record) for record in records]
 
     async def retry(self, delivery: Delivery, due: float, error: str) -> None:
         async with redis_errors():
-            await self._retry(keys=[DUE, RECORDS, status_key(delivery.job_id)],
+            await self._retry(keys=[keys.WEBHOOKS_DUE, keys.WEBHOOK_RECORDS,
+                                    keys.webhook_status_key(delivery.job_id)],
                               args=[delivery.id, delivery.dumps(), due, error])
 
     async def done(self, delivery: Delivery, error: str | None) -> None:
@@ -112,14 +100,15 @@ class RedisDeliveryQueue:
                                          attempts=delivery.attempts).model_dump_json()
         async with redis_errors():
             await self._done(
-                keys=[DUE, RECORDS, status_key(delivery.job_id), delivered_key(delivery.job_id)],
+                keys=[keys.WEBHOOKS_DUE, keys.WEBHOOK_RECORDS, keys.webhook_status_key(delivery.job_id),
+                      keys.webhook_delivered_key(delivery.job_id)],
                 args=[delivery.id, error or "", entry, MAX_DELIVERED_SHOWN, self.status_ttl_s])
 
     async def status(self, job_id: str) -> payloads.WebhookStatus | None:
         async with redis_errors():
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(status_key(job_id))
-                pipe.lrange(delivered_key(job_id), 0, -1)
+                pipe.hgetall(keys.webhook_status_key(job_id))
+                pipe.lrange(keys.webhook_delivered_key(job_id), 0, -1)
                 fields, delivered = await pipe.execute()
         if not fields:
             return None
@@ -135,4 +124,4 @@ class RedisDeliveryQueue:
 
     async def pending(self) -> int:
         async with redis_errors():
-            return int(await self.client.zcount(DUE, "-inf", time.time()))
+            return int(await self.client.zcount(keys.WEBHOOKS_DUE, "-inf", time.time()))
