@@ -17,7 +17,8 @@ const STAGE_NAMES = {
   style: "Styling the article",
   done: "Done",
 };
-const JOB_ID = /^[A-Za-z0-9_-]{1,64}$/;
+// pipeline/contract.py's JOB_ID_PATTERN: on Fly without Redis an id names its machine.
+const JOB_ID = /^j_(?:[0-9a-z]{1,40}\.)?[A-Za-z0-9_-]{22}$/;
 const GONE = "This job no longer exists; it may have expired.";
 // How long to wait before asking again when the stream was refused (e.g. 429).
 const RETRY_MS = 3000;

@@ -141,6 +141,25 @@ def test_recent_jobs_open_articles_and_join_running_jobs(
     expect(items.locator(".recent-topic")).to_have_text(["Still running", "Finished first"])
 
 
+def test_ids_that_name_their_machine_open_from_the_url_and_the_list(
+    start_server: Callable[..., Any], page: Page
+) -> None:
+    # On Fly without Redis (FLY_MACHINE_ID set) an id is j_<machine>.<22 characters>.
+    server = start_server(OFFLINE_LLM_DELAY_MS="50", FLY_MACHINE_ID="148e21ea7e4389")
+    job = submitted(server.url, "On a machine", wait_s=10)
+    assert job["id"].startswith("j_148e21ea7e4389.")
+
+    page.goto(f"{server.url}/#job={job['id']}")
+    wait_finished(page)
+    assert_article_shown(page, job["article"])
+
+    page.goto(f"{server.url}/")
+    page.get_by_role("link", name="On a machine").click()
+    expect(page).to_have_url(f"{server.url}/#job={job['id']}")
+    wait_finished(page)
+    expect(page.locator("#job-id")).to_have_text(job["id"])
+
+
 def test_token_is_asked_for_once_and_kept_for_the_session(
     start_server: Callable[..., Any], page: Page
 ) -> None:
