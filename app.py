@@ -118,10 +118,17 @@ def _limiter(settings: Settings, backend: Backend) -> Limiter:
 async def _serve(service: Service, backend: Backend,
                  shutdown_requested: asyncio.Event) -> AsyncIterator[None]:
     """Run the backend while the app serves; drain on SIGTERM, or when the app stops."""
+    drained = asyncio.Event()
+
+    async def drain_once() -> None:
+        try:
+            await drain(service)
+        finally:
+            drained.set()
 
     async def drain_on_request() -> None:
         await shutdown_requested.wait()
-        await drain(service)
+        await drain_once()
 
     async with anyio.create_task_group() as tg:
         await tg.start(backend.run)
@@ -132,24 +139,25 @@ async def _serve(service: Service, backend: Backend,
         finally:
             with anyio.CancelScope(shield=True):
                 if service.runner.draining:
-                    await service.streams.closed.wait()  # the signal's drain is under way
+                    await drained.wait()  # the signal's drain is under way
                 else:
                     # Without a signal (an embedding server, a test) it happens here.
-                    await drain(service)
+                    await drain_once()
             tg.cancel_scope.cancel()
 
 
 async def drain(service: Service) -> None:
-    """Finish or end every job, then let open streams close; pending webhook deliveries get
-    what is left of DRAIN_SECONDS (at least a second, for the jobs the drain ended)."""
+    """Finish or end every job and let open streams close; then pending webhook deliveries get
+    what is left of DRAIN_SECONDS (at least a second, for the jobs the drain ended), while
+    uvicorn is no longer waiting on any stream."""
     started = time.monotonic()
     try:
         await service.runner.drain()
-        if service.webhooks is not None:
-            spent = time.monotonic() - started
-            await service.webhooks.drain(max(1.0, service.settings.drain_s - spent))
     finally:
         service.streams.close_all()
+    if service.webhooks is not None:
+        spent = time.monotonic() - started
+        await service.webhooks.drain(max(1.0, service.settings.drain_s - spent))
 
 
 class Server(uvicorn.Server):
