@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 
 from . import redis_keys as keys
 from . import sse
-from .contract import TERMINAL_EVENTS
 from .errors import StoreUnavailable
 from .job import Event
 
@@ -59,7 +58,7 @@ class _Follower:
 
     @property
     def closed(self) -> bool:
-        return bool(self.events) and self.events[-1].type in TERMINAL_EVENTS
+        return bool(self.events) and self.events[-1].terminal
 
     def add(self, event_id: int, type: str, data: bytes | str) -> bool:
         """Take the next event; False when `event_id` skips ahead (some are missing)."""
@@ -145,17 +144,19 @@ class LogHub:
                 await pubsub.unsubscribe(channel)  # the log is closed: nothing more will come
 
     async def read(self, job_id: str, after: int, *, timeout_s: float) -> list[Event] | None:
-        follower = self._followers.get(job_id)
-        if follower is None:
+        while (follower := self._followers.get(job_id)) is None or not follower.ready.is_set():
+            if follower is not None:
+                await follower.ready.wait()
+                continue  # ready, or dropped after its first catch-up failed: look again
             follower = self._followers[job_id] = _Follower(job_id)
             try:
                 await self._subscribe(follower)
                 await self._catch_up(follower)
             except BaseException:
                 del self._followers[job_id]
+                follower.ready.set()  # readers waiting on it look again, and try themselves
                 await self._unsubscribe(job_id)
                 raise
-        await follower.ready.wait()
         if follower.missing:
             self._followers.pop(job_id, None)
             return None

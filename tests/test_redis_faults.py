@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from httpx_sse import connect_sse
@@ -27,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.routes import READY_TIMEOUT_S
 from pipeline import redis_keys as keys
 from pipeline.contract import JobStatus, Stage
-from pipeline.errors import LeaseLost
+from pipeline.errors import LeaseLost, StoreUnavailable
 from pipeline.job import Job
 from pipeline.payloads import ProgressEvent, StatusEvent
 from pipeline.redis_log import LogHub
@@ -386,3 +387,24 @@ async def test_a_runner_whose_job_was_taken_over_cannot_append(redis_server: Red
         # its own write, and refused like any other write of a runner that lost its job.
         with pytest.raises(LeaseLost):
             await stalled.append(job.id, progress)
+
+
+@pytest.mark.anyio
+async def test_every_reader_of_a_job_hears_that_redis_is_away(redis_server: RedisServer) -> None:
+    # Two streams open on one job at once: one builds the job's follower, the other waits for
+    # it. When the first one's catch-up fails, the second must not wait forever.
+    async with stores(redis_server, 1) as (store,):
+        job = await add_job(store)
+        redis_server.stop()
+        refused: list[str] = []
+
+        async def read() -> None:
+            with pytest.raises(StoreUnavailable):
+                await store.read(job.id, 0, timeout_s=1)
+            refused.append(job.id)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                tg.start_soon(read)
+        assert refused == [job.id, job.id]
