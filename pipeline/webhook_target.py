@@ -33,7 +33,10 @@ _METADATA = frozenset(ipaddress.ip_address(a) for a in (
     "fd00:ec2::254",
 ))
 #: IPv6 prefixes that carry an IPv4 address in their last 32 bits
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: RFC 8215's local-use NAT64 prefix: where it carries its IPv4 address depends on the site
+#: (RFC 6052), so what it reaches cannot be told; refused outright
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _NUMBER = re.compile(r"0x[0-9a-f]*|[0-9]+")
@@ -106,6 +109,9 @@ def check(address: Address) -> None:
     """InvalidWebhook if `address` is not one a webhook may go to."""
     if address in _METADATA:
         raise InvalidWebhook(f"The webhook URL points at {address}, a cloud metadata address.")
+    if address in _LOCAL_NAT64:
+        raise InvalidWebhook(f"The webhook URL points at {address}, a local-use NAT64 address; "
+                             "only public addresses are allowed.")
     inner = embedded_ipv4(address)
     if inner is not None and inner != address:
         try:
@@ -129,7 +135,7 @@ def embedded_ipv4(address: Address) -> Address | None:
         return address.sixtofour
     if address.teredo is not None:
         return address.teredo[1]
-    if any(address in net for net in (*_NAT64, _IPV4_COMPATIBLE)) and int(address) > 1:
+    if (address in _NAT64 or address in _IPV4_COMPATIBLE) and int(address) > 1:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 

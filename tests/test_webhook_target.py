@@ -77,6 +77,7 @@ REFUSED = [
     "https://10.0.0.1/", "https://172.16.5.4/", "https://192.168.1.1/", "https://169.254.1.1/",
     "https://[fe80::1]/", "https://[fc00::1]/", "https://[fd12:3456::1]/", "https://100.64.0.1/",
     "https://100.127.255.254/", "https://[::ffff:10.1.2.3]/", "https://[64:ff9b::a00:1]/",
+    "https://[64:ff9b:1::808:808]/",  # local-use NAT64: where the IPv4 sits is the site's choice
     "https://[2002:a00:1::]/", "https://012.0.0.1/", "https://0xa.0.0.1/", "https://167772161/",
     # cloud metadata
     "https://169.254.169.254/latest/meta-data/", "https://[fd00:ec2::254]/",
