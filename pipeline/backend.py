@@ -101,7 +101,8 @@ def _webhooks(settings: Settings, metrics: Metrics, runner: JobRunner,
     else:
         from .redis_webhooks import RedisDeliveryQueue
 
-        queue = RedisDeliveryQueue(client, status_ttl_s=settings.job_ttl_s + 3600)
+        queue = RedisDeliveryQueue(client, status_ttl_s=settings.job_ttl_s + 3600,
+                                   push_patience_s=settings.job_timeout_s)
     webhooks = Webhooks(queue, settings, metrics)
     runner.events.webhooks = webhooks
     return webhooks

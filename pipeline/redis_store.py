@@ -104,6 +104,23 @@ def _pairs(fields: Mapping[str, str]) -> list[str]:
     return [item for pair in fields.items() for item in pair]
 
 
+async def patiently(write: Callable[[], Awaitable[T]], patience_s: float) -> T:
+    """A write tried again while Redis is away (each must be safe to repeat), for up to
+    `patience_s`: a job, or its webhook, waits out a Redis restart instead of failing."""
+    deadline = time.monotonic() + patience_s
+    pause = 0.05
+    while True:
+        try:
+            async with redis_errors():
+                return await write()
+        except StoreUnavailable:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("Redis is away; trying the write again in %.2f s", pause)
+            await anyio.sleep(pause)
+            pause = min(2.0, pause * 2)
+
+
 class RedisJobStore:
     """Jobs and event logs in Redis, for every instance behind one address."""
 
@@ -173,20 +190,7 @@ class RedisJobStore:
         self._next_ids.pop(job_id, None)
 
     async def _patiently(self, write: Callable[[], Awaitable[T]]) -> T:
-        """A runner's write, tried again while Redis is away (each is safe to repeat), until
-        `write_patience_s`: a job waits out a Redis restart instead of failing."""
-        deadline = time.monotonic() + self.write_patience_s
-        pause = 0.05
-        while True:
-            try:
-                async with redis_errors():
-                    return await write()
-            except StoreUnavailable:
-                if time.monotonic() + pause > deadline:
-                    raise
-                logger.warning("Redis is away; trying the write again in %.2f s", pause)
-                await anyio.sleep(pause)
-                pause = min(2.0, pause * 2)
+        return await patiently(write, self.write_patience_s)
 
     async def save(self, job: Job) -> None:
         fields, changed = self._changes(job)

@@ -16,8 +16,11 @@ import redis.asyncio as redis
 
 from . import payloads
 from . import redis_keys as keys
-from .redis_store import redis_errors
+from .redis_store import patiently, redis_errors
 from .webhook_queue import MAX_DELIVERED_SHOWN, Delivery
+
+#: how often the shared queue is looked at for deliveries due (another instance's, or retries)
+POLL_S = 0.5
 
 #: KEYS due, records. ARGV now, lease end, limit.
 CLAIM = """
@@ -41,7 +44,8 @@ RETRY = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[3], 'last_error', ARGV[4])
+-- Not on a status that has expired: a hash with no url and no TTL would stay for good.
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'last_error', ARGV[4]) end
 return 1
 """
 
@@ -50,9 +54,10 @@ return 1
 DONE = """
 if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'pending', -1) end
+local status = redis.call('EXISTS', KEYS[3]) == 1
+if status then redis.call('HINCRBY', KEYS[3], 'pending', -1) end
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[3], 'last_error', ARGV[2])
+  if status then redis.call('HSET', KEYS[3], 'last_error', ARGV[2]) end
 else
   redis.call('RPUSH', KEYS[4], ARGV[3])
   redis.call('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
@@ -63,18 +68,22 @@ return 1
 
 
 class RedisDeliveryQueue:
-    """The shared queue; statuses live `status_ttl_s` after their last change."""
+    """The shared queue; statuses live `status_ttl_s` after their last change. A push waits
+    out a Redis restart for up to `push_patience_s`, like the job's own writes: a `completed`
+    delivery is queued right after the job's end was written, and must not be dropped."""
 
-    def __init__(self, client: redis.Redis, *, status_ttl_s: float) -> None:
+    def __init__(self, client: redis.Redis, *, status_ttl_s: float, push_patience_s: float) -> None:
         self.client = client
         self.status_ttl_s = int(status_ttl_s)
+        self.push_patience_s = push_patience_s
         self._claim = client.register_script(CLAIM)
         self._retry = client.register_script(RETRY)
         self._done = client.register_script(DONE)
 
     async def push(self, delivery: Delivery) -> None:
         status = keys.webhook_status_key(delivery.job_id)
-        async with redis_errors():
+
+        async def write() -> None:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(keys.WEBHOOK_RECORDS, delivery.id, delivery.dumps())
                 pipe.zadd(keys.WEBHOOKS_DUE, {delivery.id: delivery.created})
@@ -82,6 +91,8 @@ class RedisDeliveryQueue:
                 pipe.hincrby(status, "pending", 1)
                 pipe.expire(status, self.status_ttl_s)
                 await pipe.execute()
+
+        await patiently(write, self.push_patience_s)
 
     async def claim(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         async with redis_errors():
@@ -120,8 +131,7 @@ class RedisDeliveryQueue:
             last_error=error.decode() if error is not None else None)
 
     async def next_due(self) -> float | None:
-        return None  # another instance may add one at any time: the worker polls
+        return time.time() + POLL_S  # another instance may add one at any time: poll
 
     async def pending(self) -> int:
-        async with redis_errors():
-            return int(await self.client.zcount(keys.WEBHOOKS_DUE, "-inf", time.time()))
+        return 0  # what waits in Redis stays there for the other instances

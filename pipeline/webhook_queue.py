@@ -60,11 +60,11 @@ class DeliveryQueue(Protocol):
         """What became of the job's deliveries; None if it never had one."""
 
     async def next_due(self) -> float | None:
-        """When the earliest delivery is due, if this queue knows it cheaply."""
+        """When to look for due deliveries next; None when nothing is scheduled."""
 
     async def pending(self) -> int:
-        """How many deliveries this process should still try before it stops: in memory every
-        one (the rest is lost); on Redis those due now (the rest waits there)."""
+        """How many queued deliveries this process should still try before it stops: in memory
+        every one (the rest is lost); on Redis none (they wait there for other instances)."""
 
 
 @dataclass

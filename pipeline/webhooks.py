@@ -37,8 +37,6 @@ DEFAULT_EVENTS = ("completed",)
 PROGRESS_INTERVAL_S = 1.0
 #: attempts in flight at once in this process
 MAX_IN_FLIGHT = 100
-#: a Redis queue is looked at this often for deliveries due (another instance's, or retries)
-POLL_S = 0.5
 MAX_BACKOFF_S = 300.0
 #: what a delivery's kind is, by the event that the job's log got
 _KINDS: dict[type[payloads.Event], str] = {
@@ -64,6 +62,7 @@ class Webhooks:
         self._in_flight: set[str] = set()
         self._wake = anyio.Event()
         self._lease_s = settings.webhook_timeout_s + 10.0
+        self._draining = False
 
     async def notify(self, job: Job, data: payloads.Event) -> None:
         """Queue the delivery the job's new event calls for, if any; never waits on a receiver."""
@@ -83,7 +82,7 @@ class Webhooks:
             self._last_progress[job.id] = now
         timestamp = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds")
         body = {"type": EVENT_TYPES[kind], "timestamp": timestamp.replace("+00:00", "Z"),
-                "data": json.loads(job.public().model_dump_json())}
+                "data": job.public().model_dump(mode="json")}
         delivery = Delivery(id="msg_" + secrets.token_urlsafe(16), job_id=job.id,
                             url=job.webhook.url, type=EVENT_TYPES[kind],
                             body=json.dumps(body, ensure_ascii=False), created=now)
@@ -106,6 +105,8 @@ class Webhooks:
                 while True:
                     self._wake = anyio.Event()
                     free = MAX_IN_FLIGHT - len(self._in_flight)
+                    if self._draining and not await self.queue.pending():
+                        free = 0  # stopping: take no new work that others can do
                     try:
                         claimed = await self.queue.claim(time.time(), free, self._lease_s) \
                             if free > 0 else []
@@ -122,11 +123,8 @@ class Webhooks:
 
     async def _sleep(self) -> None:
         """Until something is queued here, an attempt ends, or the next delivery is due."""
-        wait = POLL_S
-        if isinstance(self.queue, MemoryDeliveryQueue):
-            due = await self.queue.next_due()
-            wait = 3600.0 if due is None else max(0.0, due - time.time())
-        with anyio.move_on_after(wait):
+        due = await self.queue.next_due()
+        with anyio.move_on_after(3600.0 if due is None else max(0.0, due - time.time())):
             await self._wake.wait()
 
     async def _attempt(self, delivery: Delivery) -> None:
@@ -169,6 +167,7 @@ class Webhooks:
 
     async def drain(self, budget_s: float) -> None:
         """Deliver what is pending for up to `budget_s`; in memory, what is left is lost."""
+        self._draining = True
         with anyio.move_on_after(budget_s):
             try:
                 while await self._pending_here():
