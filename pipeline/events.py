@@ -109,7 +109,7 @@ class JobEvents:
 
     async def _pump(self, job: Job, queue: asyncio.Queue[Report], coalescer: DeltaCoalescer, *,
                     resumed: bool) -> None:
-        if resumed:
+        if resumed and self.settings.stream_deltas:
             # Text the lost instance streamed for unfinished parts is void: clients drop it
             # when the first delta of each part comes, marked `reset`.
             for unfinished in range(len(job.sections or ())):
@@ -131,8 +131,8 @@ class JobEvents:
                         for delta in coalescer.due(time.monotonic()):
                             await self._publish(job, delta)
                     case TextDelta(stage, index, text):
-                        if self.settings.stream_deltas and (
-                                ready := coalescer.add((stage, index), text, time.monotonic())):
+                        # Only with STREAM_DELTAS: otherwise the nodes report no text.
+                        if ready := coalescer.add((stage, index), text, time.monotonic()):
                             await self._publish(job, ready)
                     case TextReset(stage, index):
                         coalescer.reset((stage, index))

@@ -104,6 +104,7 @@ class WriteContent(TracedNode):
         self.llm = llm
         self.concurrency = settings.section_concurrency
         self.words = settings.section_words
+        self.live_text = settings.stream_deltas
 
     async def prep_async(self, shared: Shared) -> tuple[str, list[str], dict[int, str], Reports]:
         queue: Reports = shared["sse_queue"]
@@ -125,7 +126,8 @@ class WriteContent(TracedNode):
             async with limiter:
                 prompt = section_prompt(topic, title, sections, self.words)
                 contents[index] = await self.llm.generate(
-                    prompt, max_tokens=600, on_text=on_text, on_reset=on_reset,
+                    prompt, max_tokens=600, on_text=on_text if self.live_text else None,
+                    on_reset=on_reset if self.live_text else None,
                     on_usage=usage_reporter(queue), node=self.stage,
                 )
             await queue.put(SectionWritten(index, title, contents[index]))
@@ -152,6 +154,7 @@ class ApplyStyle(TracedNode):
     def __init__(self, llm: LLM, settings: Settings) -> None:
         super().__init__()
         self.llm = llm
+        self.live_text = settings.stream_deltas
 
     async def prep_async(self, shared: Shared) -> tuple[str, str, Reports]:
         queue: Reports = shared["sse_queue"]
@@ -168,7 +171,9 @@ class ApplyStyle(TracedNode):
             await queue.put(TextReset(Stage.style, None))
 
         return await self.llm.generate(
-            style_prompt(topic, draft), max_tokens=4096, on_text=on_text, on_reset=on_reset,
+            style_prompt(topic, draft), max_tokens=4096,
+            on_text=on_text if self.live_text else None,
+            on_reset=on_reset if self.live_text else None,
             on_usage=usage_reporter(queue), node=self.stage,
         )
 

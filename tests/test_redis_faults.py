@@ -179,6 +179,23 @@ def test_a_job_whose_instance_is_killed_is_resumed_by_another(
     assert_nothing_left_running(redis_server)
 
 
+def test_without_live_text_a_resumed_job_sends_no_delta(
+        start_server: StartServer, redis_server: RedisServer) -> None:
+    env = shared(redis_server, SECTION_CONCURRENCY="1", STREAM_DELTAS="0")
+    a = start_server(**env, OFFLINE_LLM_DELAY_MS="1500")
+    job = submit(a.url)
+    b = start_server(**env, OFFLINE_LLM_DELAY_MS="200")
+    stream = Subscriber(b.url, job["id"])
+    wait_for(lambda: any(e.event == "section" for e in list(stream.events)), 15,
+             "A to finish its first section")
+    a.proc.kill()
+    a.proc.wait(timeout=10)
+
+    events = stream.result()
+    assert events[-1].event == "done"
+    assert "delta" not in {e.event for e in events}, "no delta, not even a reset, without live text"
+
+
 def test_a_job_whose_instances_keep_dying_fails_worker_lost(
         start_server: StartServer, redis_server: RedisServer) -> None:
     env = shared(redis_server, OFFLINE_LLM_DELAY_MS="20000")  # never finishes by itself
