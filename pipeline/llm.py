@@ -89,6 +89,7 @@ class LLM:
                                        max_tokens=max_tokens) as span:
                 try:
                     async with self._place():
+                        started = time.perf_counter()  # the wait for a place has its own metric
                         with anyio.fail_after(self.timeout_s):
                             async with aclosing(self.provider.stream(
                                     prompt, max_tokens=max_tokens)) as chunks:
