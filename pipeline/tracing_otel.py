@@ -144,7 +144,11 @@ class OtelTracing(Tracing):
         span_id = self._ids.generate_span_id()
         if current.is_valid:
             return str(_JobTrace(current.trace_id, current.span_id, span_id, current.trace_flags))
-        return str(_JobTrace(self._ids.generate_trace_id(), 0, span_id, TraceFlags.SAMPLED))
+        # A new trace: the configured sampler decides now, for the job span and all under it.
+        trace_id = self._ids.generate_trace_id()
+        sampled = self.provider.sampler.should_sample(None, trace_id, "job").decision.is_sampled()
+        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
+        return str(_JobTrace(trace_id, 0, span_id, flags))
 
     @contextmanager
     def job(self, job: Job) -> Iterator[None]:
