@@ -30,7 +30,7 @@ class ArticleStreamError(Exception):
 class JobError(ArticleStreamError):
     """A job failed; `code` is one of the contract's job error codes."""
 
-    code = "job_error"
+    code = "internal_error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

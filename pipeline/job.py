@@ -13,7 +13,7 @@ from .errors import TransitionError
 from .payloads import JobErrorBody
 from .usage import CallUsage, Usage
 
-__all__ = ["Event", "Job", "JobStatus", "Stage", "WebhookSpec", "machine_of", "new_job_id"]
+__all__ = ["Event", "Job", "WebhookSpec", "machine_of", "new_job_id"]
 
 
 def new_job_id(machine: str | None = None) -> str:

@@ -275,4 +275,4 @@ def classify(exc: BaseException, job: Job) -> JobError:
     if isinstance(exc, TimeoutError):
         return JobError("The job ran past JOB_TIMEOUT_SECONDS.", code="timeout")
     logger.error("job failed unexpectedly", exc_info=exc, extra={"job_id": job.id})
-    return JobError("The job failed with an unexpected internal error.", code="internal_error")
+    return JobError(INTERNAL_ERROR.message, code=INTERNAL_ERROR.code)

@@ -1,7 +1,7 @@
 """Where jobs and their event logs live: one small interface, and the in-process backend.
 
-The runner and the HTTP layer see only `JobStore`; a Redis backend can later take its
-place, with the log's entry ids as SSE ids.
+The runner and the HTTP layer see only `JobStore`; `redis_store.RedisJobStore` is the other
+backend, with the log's stream entry ids as SSE ids.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class JobStore(Protocol):
 class _Entry:
     job: Job
     events: list[Event] = field(default_factory=list)
-    #: set (and replaced) on every append, so waiting readers wake together
+    #: set and cleared on every append, so the readers waiting then wake together
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     idempotency: tuple[str, str] | None = None
 

@@ -116,10 +116,6 @@ class Pricing:
         # dollars per million tokens = thousandths of a nano-dollar per token
         return round(input_tokens * price[0] * 1000 + output_tokens * price[1] * 1000)
 
-    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
-        nano = self.cost_nanousd(model, input_tokens, output_tokens)
-        return None if nano is None else nano / 1e9
-
     def call(self, model: str, input_tokens: int, output_tokens: int) -> CallUsage:
         return CallUsage(model, input_tokens, output_tokens,
                          self.cost_nanousd(model, input_tokens, output_tokens))

@@ -243,9 +243,9 @@ def test_models_find_their_price(model: str, key: str | None) -> None:
 
 def test_a_long_prompt_on_haiku_5_5_has_the_higher_price() -> None:
     pricing = Pricing()
-    assert pricing.cost_usd("claude-haiku-5-5", 100_000, 1_000) == pytest.approx(0.0105)
-    assert pricing.cost_usd("claude-haiku-5-5", 100_001, 1_000) == pytest.approx(
-        (100_001 * 0.5 + 1_000 * 2.5) / 1e6)
+    # in billionths of a dollar: $0.50 and $2.50 a million tokens above 100,000 prompt tokens
+    assert pricing.cost_nanousd("claude-haiku-5-5", 100_000, 1_000) == 10_500_000
+    assert pricing.cost_nanousd("claude-haiku-5-5", 100_001, 1_000) == 100_001 * 500 + 1_000 * 2_500
 
 
 def test_the_default_model_has_a_price() -> None:
