@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 from starlette.requests import Request
 
+from pipeline.contract import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 from pipeline.job import WebhookSpec
 from pipeline.settings import Settings
 from pipeline.webhook_target import InvalidWebhook, parse, resolve
@@ -54,15 +55,14 @@ def valid_topic(value: Any, settings: Settings) -> str:
     return topic
 
 
-_WEBHOOK_EVENTS = ("start", "progress", "completed")
 
 
-async def valid_webhook(fields: dict[str, Any], settings: Settings) -> WebhookSpec | None:
-    """The submit's webhook, its URL checked and resolved now (and again at each delivery);
-    422 `invalid_webhook` naming what is wrong."""
+def valid_webhook(fields: dict[str, Any], settings: Settings) -> WebhookSpec | None:
+    """The submit's webhook, its URL checked as written; 422 `invalid_webhook` naming what is
+    wrong. Where its host resolves is `check_webhook_host`'s, once the submit is sure to go on."""
     if "webhook" not in fields and "webhook_events_filter" not in fields:
         return None
-    url, events = fields.get("webhook"), fields.get("webhook_events_filter", ["completed"])
+    url, events = fields.get("webhook"), fields.get("webhook_events_filter", list(DEFAULT_WEBHOOK_EVENTS))
     if "webhook" not in fields:
         raise _invalid_webhook("`webhook_events_filter` needs a `webhook` URL.")
     if not isinstance(url, str):
@@ -72,15 +72,24 @@ async def valid_webhook(fields: dict[str, Any], settings: Settings) -> WebhookSp
     if isinstance(events, str):  # a form's comma-separated list
         events = [name.strip() for name in events.split(",") if name.strip()]
     if not isinstance(events, list) or not events or not all(
-            isinstance(name, str) and name in _WEBHOOK_EVENTS for name in events):
+            isinstance(name, str) and name in WEBHOOK_EVENTS for name in events):
         raise _invalid_webhook("`webhook_events_filter` must be a non-empty list of "
-                               + ", ".join(_WEBHOOK_EVENTS) + ".")
+                               + ", ".join(WEBHOOK_EVENTS) + ".")
     try:
-        await resolve(parse(url, allow_private=settings.webhook_allow_private),
-                      allow_private=settings.webhook_allow_private)
+        parse(url, allow_private=settings.webhook_allow_private)
     except InvalidWebhook as exc:
         raise _invalid_webhook(str(exc)) from None
-    return WebhookSpec(url=url, events=tuple(name for name in _WEBHOOK_EVENTS if name in events))
+    return WebhookSpec(url=url, events=tuple(name for name in WEBHOOK_EVENTS if name in events))
+
+
+async def check_webhook_host(webhook: WebhookSpec, settings: Settings) -> None:
+    """422 `invalid_webhook` unless every address the URL's host resolves to now may be used
+    (each delivery checks again: DNS can change)."""
+    allow_private = settings.webhook_allow_private
+    try:
+        await resolve(parse(webhook.url, allow_private=allow_private), allow_private=allow_private)
+    except InvalidWebhook as exc:
+        raise _invalid_webhook(str(exc)) from None
 
 
 def _invalid_webhook(message: str) -> ApiError:

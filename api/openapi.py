@@ -11,6 +11,7 @@ code, so each documented status also pins the codes it may carry.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from copy import deepcopy
 from functools import cache
@@ -22,6 +23,7 @@ from pydantic.json_schema import models_json_schema
 from pipeline import contract
 from pipeline.payloads import Event, Job, JobList
 from pipeline.settings import Settings
+from pipeline.webhook_target import MAX_URL_CHARS
 
 __all__ = ["openapi_document"]
 
@@ -93,7 +95,7 @@ _RETRY_AFTER: Json = {
 _FLY_REPLAY: Json = {
     "description": "The machine that holds the job, for Fly's proxy to replay the request on.",
     "required": True,
-    "schema": {"type": "string", "pattern": "^instance=[0-9a-z]{1,40}$"},
+    "schema": {"type": "string", "pattern": "^instance=" + contract.MACHINE_ID_PATTERN.removeprefix("^")},
 }
 _WWW_AUTHENTICATE: Json = {
     "description": "The bearer challenge.",
@@ -186,15 +188,16 @@ def _schemas(max_topic_chars: int) -> Json:
                             "(Unicode Cc), lone surrogate, U+2028 or U+2029."),
             "examples": ["Home composting"],
         },
-        "JobRequest": {**_object({"topic": _ref("Topic")}), "properties": {
+        "JobRequest": {"type": "object", "required": ["topic"], "properties": {
             "topic": _ref("Topic"),
-            "webhook": {"type": "string", "format": "uri", "maxLength": 2048,
+            "webhook": {"type": "string", "format": "uri", "maxLength": MAX_URL_CHARS,
                         "description": "An https URL to POST the job's events to, signed as "
                                        "Standard Webhooks says with `WEBHOOK_SECRET`."},
             "webhook_events_filter": {
                 "type": "array", "minItems": 1, "uniqueItems": True,
-                "items": {"enum": ["start", "progress", "completed"]},
-                "description": "Which events to send; `[\"completed\"]` when left out. In a "
+                "items": {"enum": list(contract.WEBHOOK_EVENTS)},
+                "description": "Which events to send; "
+                               f"`{json.dumps(list(contract.DEFAULT_WEBHOOK_EVENTS))}` when left out. In a "
                                "form, a comma-separated list."},
         }},
         **_payload_schemas(),

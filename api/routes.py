@@ -26,7 +26,7 @@ from pipeline.job import Job, WebhookSpec, machine_of
 from pipeline.payloads import JobList
 
 from .access import client_address, owner_of
-from .body import read_submit, valid_topic, valid_webhook
+from .body import check_webhook_host, read_submit, valid_topic, valid_webhook
 from .errors import ApiError
 from .openapi import openapi_document
 from .ratelimit import retry_after
@@ -127,7 +127,7 @@ async def _submit_job(request: Request) -> Response:
     wait_s = _prefer_wait(request.headers.get("prefer", ""))
     fields = await read_submit(request, settings)
     topic = valid_topic(fields.get("topic"), settings)
-    webhook = await valid_webhook(fields, settings)
+    webhook = valid_webhook(fields, settings)
     idempotency = None
     key = request.headers.get("idempotency-key")
     if key is not None:
@@ -141,6 +141,8 @@ async def _submit_job(request: Request) -> Response:
     if wait := await service.limiter.acquire(limit_key):
         raise ApiError(429, "rate_limited", "Too many jobs submitted; slow down.",
                        headers={"Retry-After": retry_after(wait)})
+    if webhook is not None:  # a lookup: not for a replay, nor for a submit refused above
+        await check_webhook_host(webhook, settings)
     try:
         job = await service.runner.submit(topic, owner=owner, idempotency=idempotency,
                                           webhook=webhook)
@@ -239,15 +241,15 @@ async def job_events(request: Request) -> Response | EventStream:
                 raise ApiError(400, "invalid_last_event_id",
                                "Last-Event-ID must be an event id (digits).")
             after = int(raw)
+    if service.metrics.streams_open >= service.settings.max_streams:
+        raise ApiError(429, "too_many_streams", "Too many open event streams; try again shortly.",
+                       headers={"Retry-After": RETRY_AFTER})
     # Read once before answering: on Redis this starts the job's follower, so a store that
     # is away is a JSON 503 now rather than a stream cut after its headers.
     if await service.store.read(job.id, after, timeout_s=0) is None:
         if not job.terminal:
             raise _not_found()  # it expired just now
         return Response(status_code=204)  # the client already has the terminal event
-    if service.metrics.streams_open >= service.settings.max_streams:
-        raise ApiError(429, "too_many_streams", "Too many open event streams; try again shortly.",
-                       headers={"Retry-After": RETRY_AFTER})
     return EventStream(service.store, job.id, after, settings=service.settings,
                        metrics=service.metrics, streams=service.streams)
 

@@ -66,3 +66,6 @@ RETRY_AFTER_S = 5
 JOB_ID_PATTERN = "^j_(?:[0-9a-z]{1,40}\\.)?[A-Za-z0-9_-]{22}$"
 #: what a machine id may look like (Fly's are 14 lowercase hex digits)
 MACHINE_ID_PATTERN = "^[0-9a-z]{1,40}$"
+#: what a submit's `webhook_events_filter` may name, and what it gets when left out
+WEBHOOK_EVENTS = ("start", "progress", "completed")
+DEFAULT_WEBHOOK_EVENTS = ("completed",)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from . import payloads
-from .contract import TERMINAL_EVENTS, TERMINAL_STATUSES, JobStatus, Stage
+from .contract import DEFAULT_WEBHOOK_EVENTS, TERMINAL_EVENTS, TERMINAL_STATUSES, JobStatus, Stage
 from .errors import TransitionError
 from .payloads import JobErrorBody
 from .usage import CallUsage, Usage
@@ -41,7 +41,7 @@ class WebhookSpec:
     """Where a job's events are POSTed, and which of them (`start`, `progress`, `completed`)."""
 
     url: str
-    events: tuple[str, ...] = ("completed",)
+    events: tuple[str, ...] = DEFAULT_WEBHOOK_EVENTS
 
 
 @dataclass

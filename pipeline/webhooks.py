@@ -32,7 +32,6 @@ from .webhook_send import AttemptFailed, Sender
 logger = logging.getLogger(__name__)
 
 EVENT_TYPES = {"start": "job.started", "progress": "job.progress", "completed": "job.completed"}
-DEFAULT_EVENTS = ("completed",)
 #: at most one progress delivery per job this often
 PROGRESS_INTERVAL_S = 1.0
 #: attempts in flight at once in this process
