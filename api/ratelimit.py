@@ -14,6 +14,7 @@ from typing import Protocol
 
 _MAX_CLIENTS = 100_000
 
+
 class Limiter(Protocol):
     enabled: bool
 
@@ -31,11 +32,9 @@ class RateLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     async def acquire(self, key: str) -> float:
-        return self.take(key, time.monotonic())
-
-    def take(self, key: str, now: float) -> float:
         if not self.enabled:
             return 0.0
+        now = time.monotonic()
         tokens, stamp = self._buckets.pop(key, (float(self.burst), now))
         tokens = min(self.burst, tokens + (now - stamp) * self.rate_per_s)
         if tokens >= 1:

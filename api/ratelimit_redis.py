@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as redis
 
-from pipeline.redis_keys import PREFIX
+from pipeline import redis_keys as keys
 from pipeline.redis_store import redis_errors
 
 # KEYS bucket. ARGV rate per second, burst. Time is Redis's own, so instances whose clocks
@@ -36,5 +36,5 @@ class RedisRateLimiter:
         if not self.enabled:
             return 0.0
         async with redis_errors():
-            wait = await self._take(keys=[f"{PREFIX}rate:{key}"], args=[self.rate_per_s, self.burst])
+            wait = await self._take(keys=[keys.rate_key(key)], args=[self.rate_per_s, self.burst])
         return float(wait)

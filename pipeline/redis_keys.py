@@ -59,6 +59,11 @@ def list_key(owner: str | None) -> str:
     return f"{PREFIX}jobs:{owner or '-'}"
 
 
+def rate_key(client: str) -> str:
+    """One client's submit bucket (its token, else its address)."""
+    return f"{PREFIX}rate:{client}"
+
+
 def idempotency_key(owner: str | None, key_hash: str) -> str:
     return f"{PREFIX}idem:{owner or '-'}:{key_hash}"
 
