@@ -1,6 +1,9 @@
-"""Every Redis key and channel the service uses, and the Lua scripts that change them.
+"""Every Redis key and channel the service uses, and the Lua scripts that change jobs (the
+webhook queue's own scripts are in `redis_webhooks.py`).
 
-A job's two keys share the hash tag `{id}`, so a later Redis Cluster keeps them in one slot.
+A job's keys share the hash tag `{id}`, so a later Redis Cluster would keep them in one slot;
+some scripts also touch shared keys (the queue, the lists, the finished set), so today the
+service needs one Redis primary.
 Scripts make each change atomic: an event's id is its stream entry's (`0-n`, n = the log's
 length + 1, so 1, 2, 3 ... with no gap however many instances append), a job's end and its
 terminal event are written together, and a runner's writes are refused once another

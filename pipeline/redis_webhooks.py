@@ -23,7 +23,7 @@ from .webhook_queue import MAX_DELIVERED_SHOWN, Delivery
 POLL_S = 0.5
 
 #: KEYS due, records. ARGV now, lease end, limit.
-CLAIM = """
+CLAIM_DUE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for _, id in ipairs(ids) do
@@ -76,7 +76,7 @@ class RedisDeliveryQueue:
         self.client = client
         self.status_ttl_s = int(status_ttl_s)
         self.push_patience_s = push_patience_s
-        self._claim = client.register_script(CLAIM)
+        self._claim = client.register_script(CLAIM_DUE)
         self._retry = client.register_script(RETRY)
         self._done = client.register_script(DONE)
 
