@@ -157,7 +157,9 @@ async def _submit_job(request: Request) -> Response:
         assert idempotency is not None
         if replay := await _idempotent_replay(service, owner, idempotency):
             return replay
-        raise
+        # Its job is already gone (expired between the two lookups): say so, never a 500.
+        raise ApiError(409, "idempotency_conflict", "Another request with this Idempotency-Key "
+                       "was handled at the same moment; send it again.") from None
     if wait_s:
         finished = await service.runner.wait_terminal(job.id, timeout_s=wait_s)
         if finished is not None and finished.terminal:
