@@ -148,8 +148,8 @@ async def _serve(service: Service, backend: Backend,
 
 async def drain(service: Service) -> None:
     """Finish or end every job and let open streams close; then pending webhook deliveries get
-    what is left of DRAIN_SECONDS (at least a second, for the jobs the drain ended), while
-    uvicorn is no longer waiting on any stream."""
+    what is left of the shutdown budget (DRAIN_SECONDS + 2 s), so the `completed` deliveries of
+    the jobs the drain ended still have time, and the whole stop stays within the budget."""
     started = time.monotonic()
     try:
         await service.runner.drain()
@@ -157,7 +157,7 @@ async def drain(service: Service) -> None:
         service.streams.close_all()
     if service.webhooks is not None:
         spent = time.monotonic() - started
-        await service.webhooks.drain(max(1.0, service.settings.drain_s - spent))
+        await service.webhooks.drain(max(0.0, service.settings.shutdown_budget_s - spent))
 
 
 class Server(uvicorn.Server):

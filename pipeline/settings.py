@@ -134,7 +134,8 @@ class Settings:
 
     @property
     def shutdown_budget_s(self) -> float:
-        """How long uvicorn may wait for streams after SIGTERM: the drain plus a margin."""
+        """How long a stop may take after SIGTERM: the drain, then a margin in which the jobs
+        it ended record their end, streams close and webhooks go out (uvicorn's wait too)."""
         return self.drain_s + 2.0
 
     @classmethod

@@ -275,7 +275,6 @@ def fly_memory_mib(value: int | str) -> float:
 
 def test_fly_kill_timeout_outlasts_the_drain(fly: dict[str, Any], fly_settings: Settings) -> None:
     assert fly["kill_signal"] == "SIGTERM"
-    assert fly_settings.shutdown_budget_s == fly_settings.drain_s + 2
     assert seconds(fly["kill_timeout"]) > fly_settings.shutdown_budget_s
 
 
