@@ -12,7 +12,6 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation import OpenAPIV32SpecValidator
-from pydantic import BaseModel
 from starlette.routing import Mount, Route
 
 from api.openapi import openapi_document
@@ -24,9 +23,6 @@ from pipeline.payloads import (
     DoneEvent,
     ErrorEvent,
     Event,
-    Job,
-    JobErrorBody,
-    JobList,
     OutlineEvent,
     ProgressEvent,
     SectionEvent,
@@ -139,26 +135,6 @@ def test_stream_describes_each_event_with_item_schema() -> None:
     assert set(event["properties"]) == {"id", "event", "data"}
     described = {branch["properties"]["event"]["const"] for branch in event["oneOf"]}
     assert described == set(event["properties"]["event"]["enum"])
-
-
-def _untitled(schema: Any) -> Any:
-    """`schema` without the titles pydantic makes up, which the document leaves out; a
-    property named `title` stays (its value is a schema, not a string)."""
-    if isinstance(schema, dict):
-        return {key: _untitled(value) for key, value in schema.items()
-                if not (key == "title" and isinstance(value, str))}
-    if isinstance(schema, list):
-        return [_untitled(item) for item in schema]
-    return schema
-
-
-@pytest.mark.parametrize("model", [Job, JobErrorBody, JobList, *EVENT_MODELS],
-                         ids=lambda model: model.__name__)
-def test_components_are_what_the_payload_models_generate(model: type[BaseModel]) -> None:
-    components = openapi_document()["components"]["schemas"]
-    generated = _untitled(model.model_json_schema(mode="serialization", ref_template=SCHEMA_REF))
-    for name, schema in {**generated.pop("$defs", {}), model.__name__: generated}.items():
-        assert components[name] == schema, name
 
 
 def test_stream_event_names_each_event_model_as_the_contract_does() -> None:
