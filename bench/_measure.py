@@ -66,12 +66,13 @@ class Usage:
         ours = self.server_cpu_s + self.client_cpu_s + self.harness_cpu_s + self.extra_cpu_s
         return max(0.0, self.machine_busy_s - ours - self.interrupts_s)
 
-    def add_to(self, figures: Figures, per: int | None = None, per_name: str = "job") -> None:
+    def add_to(self, figures: Figures, per: int | None = None, per_name: str = "job",
+               clients: str = "bench_client") -> None:
         figures.add("measured_window_s", self.seconds, ".1f")
         figures.add("server_cpu_s", self.server_cpu_s, ".2f")
         if per:
             figures.add(f"server_cpu_ms_per_{per_name}", self.server_cpu_s * 1000 / per, ".2f")
-        figures.add("bench_client_cpu_s", self.client_cpu_s, ".2f")
+        figures.add(f"{clients}_cpu_s", self.client_cpu_s, ".2f")
         figures.add("interrupts_cpu_s", self.interrupts_s, ".2f")
         figures.add("other_processes_cpu_s", self.others_s, ".2f")
         if self.machine_total_s > 0:

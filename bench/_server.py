@@ -163,6 +163,15 @@ def run_server(*, script: Path = APP, bare: bool = False, **env: str) -> Iterato
                 proc.wait(timeout=STOP_TIMEOUT_S)
 
 
+def metric(url: str, name: str) -> float:
+    """The sum of the service's /metrics samples named `name` (labels and all, or any labels)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10.0).text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of a non-empty list."""
     ordered = sorted(values)

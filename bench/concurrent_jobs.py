@@ -25,7 +25,7 @@ from datetime import datetime
 import httpx
 from _clients import Clients, Gate, split
 from _measure import Figures, Meter, RssSampler, Usage, wait_for
-from _server import TERMINAL_EVENTS, Server, percentile, run_server
+from _server import TERMINAL_EVENTS, Server, metric, percentile, run_server
 from _sse import FrameParser
 
 DEFAULT_CLIENTS = 2
@@ -148,9 +148,7 @@ def warm_up(server: Server) -> None:
 
 def open_streams(server: Server) -> float:
     """The service's open-streams gauge."""
-    metrics = httpx.get(f"{server.url}/metrics", timeout=10.0).text
-    return sum(float(line.rpartition(" ")[2]) for line in metrics.splitlines()
-               if line.startswith("articlestream_open_streams "))
+    return metric(server.url, "articlestream_open_streams")
 
 
 def settle(servers: Sequence[Server]) -> None:

@@ -16,7 +16,6 @@ import argparse
 import shutil
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from _measure import Figures, Sampler
+from _measure import Figures, Sampler, wait_for
 from _server import Server, free_port, process_rss_mib, run_server
 from concurrent_jobs import DEFAULT_CLIENTS, jobs_env, report, run_jobs, warm_up
 
@@ -53,18 +52,21 @@ def redis_server() -> Iterator[RedisProcess]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     client = redis.Redis(port=port)
     try:
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.02)
+        if wait_for(lambda: _answers(client), 10.0, 0.02) is None:
+            raise RuntimeError(f"redis-server did not answer on port {port}: {folder / 'log'}")
         yield RedisProcess(f"redis://127.0.0.1:{port}/0", proc.pid)
     finally:
         client.close()
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 class ConnectionSampler(Sampler):

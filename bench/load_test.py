@@ -79,13 +79,7 @@ def part_locust(*, users: int, spawn_rate: int, seconds: int) -> tuple[Figures, 
         figures.add(f"{label}_p95_ms", float(row["95%"]), ".0f")
         figures.add(f"{label}_p99_ms", float(row["99%"]), ".0f")
         figures.add(f"{label}_per_s", float(row["Requests/s"]), ".2f")
-    figures.add("server_cpu_s", usage.server_cpu_s, ".2f")
-    figures.add("locust_cpu_s", usage.client_cpu_s, ".2f")
-    figures.add("interrupts_cpu_s", usage.interrupts_s, ".2f")
-    figures.add("other_processes_cpu_s", usage.others_s, ".2f")
-    if usage.machine_total_s > 0:
-        figures.add("machine_busy_pct", 100 * usage.machine_busy_s / usage.machine_total_s, ".0f")
-    figures.add("load_average_before", usage.load_before)
+    usage.add_to(figures, clients="locust")
     return figures, summary_table(output) or output[-3000:]
 
 

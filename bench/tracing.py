@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from _measure import wait_for
 from _server import free_port, run_server
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -128,10 +129,7 @@ def measure(jobs: int, concurrency: int, delay_ms: int, receiver: Receiver | Non
 
 
 def wait_for_spans(receiver: Receiver, least: int) -> None:
-    deadline = time.monotonic() + EXPORT_WAIT_S
-    while receiver.spans < least and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if receiver.spans < least:
+    if wait_for(lambda: receiver.spans >= least, EXPORT_WAIT_S, 0.05) is None:
         raise RuntimeError(f"the receiver had {receiver.spans} spans of {least} after "
                            f"{EXPORT_WAIT_S:g} s")
 

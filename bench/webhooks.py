@@ -24,7 +24,8 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from _server import free_port, percentile, run_server
+from _measure import wait_for
+from _server import free_port, metric, percentile, run_server
 
 SUBMIT_CONCURRENCY = 50
 TIMEOUT_S = 600.0
@@ -64,12 +65,11 @@ def receive(port: int, secret: str, fail_every: int, log: Any) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def metric(url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def receiver_up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 async def submit_all(url: str, hook: str, jobs: int) -> list[str]:
@@ -105,15 +105,8 @@ def main() -> None:
         target=receive, args=(port, secret, args.fail_every, log), daemon=True)
     receiver.start()
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    sys.exit("the receiver did not start")
-                time.sleep(0.05)
+        if wait_for(lambda: receiver_up(port), 15.0, 0.05) is None:
+            sys.exit("the receiver did not start")
         with run_server(WEBHOOK_SECRET=secret, WEBHOOK_ALLOW_PRIVATE="1",
                         WEBHOOK_BACKOFF_SECONDS="0.5", OFFLINE_LLM_DELAY_MS=str(args.delay_ms),
                         MAX_QUEUED_JOBS=str(max(1000, args.jobs))) as server:
