@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -81,12 +80,6 @@ def wait_finished(page: Page, timeout_ms: int = JOB_TIMEOUT_MS) -> None:
     expect(page.locator("#stage")).to_have_text("Done", timeout=timeout_ms)
 
 
-def fetch_job(url: str, job_id: str, token: str | None = None) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.get(f"{url}/api/jobs/{job_id}", headers=headers, timeout=5)
-    assert response.status_code == 200
-    job: dict[str, Any] = response.json()
-    return job
 
 
 def words(text: str) -> str:

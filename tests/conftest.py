@@ -21,6 +21,7 @@ from .browser import launched, opened
 from .ports import free_port
 from .redis_server import RedisServer
 from .redis_server import started as redis_started
+from .webhook_receiver import Receiver, new_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 15.0
@@ -155,3 +156,11 @@ def page(browser: Browser) -> Iterator[Page]:
     """A fresh page in a context of its own, watched by `tests.browser.WATCH_SCRIPT`."""
     with opened(browser) as fresh:
         yield fresh
+
+
+@pytest.fixture
+def receiver(serve_app: Callable[[Any], ServedApp]) -> Iterator[tuple[Receiver, str]]:
+    """A webhook receiver on a free loopback port that verifies every signature, and its URL."""
+    hooks = Receiver(new_secret())
+    yield hooks, serve_app(hooks.app()).url
+    assert hooks.forged == [], "every request must carry a valid signature"

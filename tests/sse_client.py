@@ -44,6 +44,14 @@ def submit(base_url: str, topic: str = "Home composting", **kwargs: Any) -> dict
     return response.json()  # type: ignore[no-any-return]
 
 
+def get_job(base_url: str, job_id: str, token: str | None = None) -> dict[str, Any]:
+    """The job as GET shows it (asserting it is there)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(f"{base_url}/api/jobs/{job_id}", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
 def part_texts(events: list[Event]) -> dict[tuple[str, int | None], str]:
     """Each part's text as a client builds it from `delta` events, honouring `reset`."""
     texts: dict[tuple[str, int | None], str] = {}

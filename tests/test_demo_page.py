@@ -19,13 +19,13 @@ from .browser import (
     UI_TIMEOUT_MS,
     assert_article_shown,
     downloaded,
-    fetch_job,
     needs_chromium,
     submit_topic,
     wait_finished,
     words,
 )
 from .flaky_proxy import FlakyProxy, Stream
+from .sse_client import get_job
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -117,7 +117,7 @@ def test_topic_becomes_finished_article(start_server: Callable[..., Any], page: 
     expect(page.locator("#progress")).to_have_js_property("value", 100, timeout=UI_TIMEOUT_MS)
     expect(page.locator("#progress-value")).to_have_text("100%")
     expect(page.locator("#job-topic")).to_have_text("Home composting")
-    job = fetch_job(server.url, job_id)
+    job = get_job(server.url, job_id)
     assert job["status"] == "succeeded"
     assert len(job["sections"]) == 3
     expect(page.locator("#outline li .outline-title")).to_have_text(job["sections"])
@@ -172,7 +172,7 @@ def test_cancel_shows_cancelled_state(start_server: Callable[..., Any], page: Pa
     expect(page.locator("#cancelled")).to_contain_text("Cancelled")
     expect(cancel).to_be_hidden()
     expect(page.locator("#article-panel")).to_be_hidden()
-    assert fetch_job(server.url, job_id)["status"] == "cancelled"
+    assert get_job(server.url, job_id)["status"] == "cancelled"
 
 
 def test_failed_job_shows_its_error(start_server: Callable[..., Any], page: Page) -> None:
@@ -182,7 +182,7 @@ def test_failed_job_shows_its_error(start_server: Callable[..., Any], page: Page
 
     error = page.locator("#error")
     expect(error).to_be_visible(timeout=JOB_TIMEOUT_MS)
-    job = fetch_job(server.url, job_id)
+    job = get_job(server.url, job_id)
     assert job["status"] == "failed"
     expect(page.locator("#error-code")).to_have_text(job["error"]["code"])
     expect(page.locator("#error-message")).to_have_text(job["error"]["message"])
@@ -241,7 +241,7 @@ def test_reconnect_after_network_drop_loses_and_repeats_nothing(
     # show that header, so the proof is in the page's texts below).
     assert stream_count == [2]
 
-    job = fetch_job(server.url, job_id)
+    job = get_job(server.url, job_id)
     assert_sections_once(page, server.url, job_id)
     assert_article_shown(page, job["article"])
     assert_texts_only_grew(page, server.url, job)
@@ -305,7 +305,7 @@ def test_page_survives_a_network_that_cuts_every_stream(
     job_id = submit_topic(page, "Flaky networks")
 
     wait_finished(page, CUT_JOB_TIMEOUT_MS)
-    job = fetch_job(server.url, job_id)
+    job = get_job(server.url, job_id)
     assert job["status"] == "succeeded"
 
     # The page never showed a section twice, shows each once now, and the exact article.
@@ -368,7 +368,7 @@ def test_ended_job_shows_from_its_snapshot_when_streams_keep_being_refused(
     # refusal in a row of a job that has ended lets the snapshot stand in for the rest.
     wait_finished(page)
     assert refused == [3]
-    job = fetch_job(server.url, job_id)
+    job = get_job(server.url, job_id)
     assert_article_shown(page, job["article"])
     expect(page.locator("#outline li .outline-title")).to_have_text(job["sections"])
 

@@ -14,12 +14,12 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from .browser import (
     UI_TIMEOUT_MS,
     assert_article_shown,
-    fetch_job,
     needs_chromium,
     opened,
     submit_topic,
     wait_finished,
 )
+from .sse_client import get_job
 
 pytestmark = needs_chromium
 
@@ -159,5 +159,5 @@ def test_nothing_scrolls_sideways_at_390_px(start_server: Callable[..., Any], br
         assert page.evaluate(width) <= 390
         job_id = submit_topic(page, "Pneumonoultramicroscopicsilicovolcanoconiosis" * 3)
         wait_finished(page)
-        assert_article_shown(page, fetch_job(server.url, job_id)["article"])
+        assert_article_shown(page, get_job(server.url, job_id)["article"])
         assert page.evaluate(width) <= 390

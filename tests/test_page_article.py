@@ -16,12 +16,12 @@ from .browser import (
     UI_TIMEOUT_MS,
     assert_article_shown,
     downloaded,
-    fetch_job,
     needs_chromium,
     opened,
     submit_topic,
     wait_finished,
 )
+from .sse_client import get_job
 
 pytestmark = needs_chromium
 
@@ -54,7 +54,7 @@ def test_hostile_topic_runs_no_script(start_server: Callable[..., Any], page: Pa
     job_id = submit_topic(page, topic)
 
     wait_finished(page)
-    job = fetch_job(server.url, job_id)
+    job = get_job(server.url, job_id)
     assert_article_shown(page, job["article"])
     # The offline writer puts the topic into the article's Markdown: it shows as text.
     expect(page.locator("#article h3")).to_have_text(topic)
@@ -98,7 +98,7 @@ def test_copy_and_download_take_the_exact_markdown(
         # Neither is offered before the article is final.
         expect(copy).to_be_hidden()
         wait_finished(page)
-        job = fetch_job(server.url, job_id)
+        job = get_job(server.url, job_id)
 
         copy.click()
         expect(page.locator("#copy-status")).to_have_text("Copied the article's Markdown.")
@@ -133,7 +133,7 @@ def test_recent_jobs_open_articles_and_join_running_jobs(
     page.get_by_role("link", name="Still running").click()
     expect(page.locator("#job-topic")).to_have_text("Still running")
     wait_finished(page, JOB_TIMEOUT_MS)
-    assert_article_shown(page, fetch_job(server.url, running["id"])["article"])
+    assert_article_shown(page, get_job(server.url, running["id"])["article"])
     expect(items.nth(0).locator(".status")).to_have_text("succeeded")
 
     # The list is the server's, so a reload keeps it.
@@ -180,7 +180,7 @@ def test_token_is_asked_for_once_and_kept_for_the_session(
 
     job_id = submit_topic(page, "Guarded")
     wait_finished(page)
-    assert_article_shown(page, fetch_job(server.url, job_id, token="t-two")["article"])
+    assert_article_shown(page, get_job(server.url, job_id, token="t-two")["article"])
     assert streams and all("token=t-two" in url for url in streams)
 
     # Kept for the tab: a reload asks for nothing and shows the job and the list.
@@ -209,7 +209,7 @@ def test_usage_shows_the_offline_writers_real_numbers(
     job_id = submit_topic(page, "Counted")
     wait_finished(page)
 
-    usage = fetch_job(server.url, job_id)["usage"]
+    usage = get_job(server.url, job_id)["usage"]
     assert usage["llm_calls"] > 0
     assert (usage["input_tokens"], usage["output_tokens"], usage["cost_usd"]) == (0, 0, 0)
     expect(page.locator("#usage")).to_have_text(

@@ -35,7 +35,7 @@ from pipeline.redis_log import LogHub
 from pipeline.redis_store import COMMAND_TIMEOUT_S, MAX_CLAIMS, RedisJobStore, connect
 
 from .redis_server import RedisServer
-from .sse_client import TERMINAL, Event, part_texts, read_stream, submit
+from .sse_client import TERMINAL, Event, get_job, part_texts, read_stream, submit
 from .waiting import wait_for
 
 StartServer = Callable[..., Any]
@@ -50,13 +50,6 @@ STREAM_S = 45.0
 def shared(redis_server: RedisServer, **env: str) -> dict[str, str]:
     """One instance's environment: the test's Redis, a short lease, and `env`."""
     return {"REDIS_URL": redis_server.url, "LEASE_SECONDS": str(LEASE_S), **env}
-
-
-def get_job(url: str, job_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/api/jobs/{job_id}", timeout=10)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 class Subscriber:

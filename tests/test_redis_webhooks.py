@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 
 from .redis_server import RedisServer
-from .test_webhooks import job_of, submit, wait_delivered
+from .sse_client import get_job
+from .test_webhooks import submit, wait_delivered
 from .waiting import wait_for
-from .webhook_receiver import Receiver, new_secret
+from .webhook_receiver import Receiver
 
 Start = Callable[..., Any]
-
-
-@pytest.fixture
-def receiver(serve_app: Callable[[Any], Any]) -> Iterator[tuple[Receiver, str]]:
-    hooks = Receiver(new_secret())
-    yield hooks, serve_app(hooks.app()).url
-    assert hooks.forged == []
 
 
 def test_a_delivery_pending_on_a_killed_instance_is_delivered_by_another(
@@ -31,7 +24,7 @@ def test_a_delivery_pending_on_a_killed_instance_is_delivered_by_another(
            "WEBHOOK_BACKOFF_SECONDS": "1", "WEBHOOK_MAX_ATTEMPTS": "50", "LEASE_SECONDS": "2"}
     a = start_server(**env)
     job = submit(a.url, f"{base}/down")
-    wait_for(lambda: job_of(a.url, job["id"])["webhook"]["last_error"] is not None, 30,
+    wait_for(lambda: get_job(a.url, job["id"])["webhook"]["last_error"] is not None, 30,
              "a failed attempt")
     a.proc.kill()
     a.proc.wait(timeout=10)
@@ -53,7 +46,7 @@ def test_both_instances_show_the_same_webhook_status(
     a, b = start_server(**env), start_server(**env)
     job = submit(a.url, f"{base}/flaky", ["start", "completed"])
     shown = wait_delivered(b.url, job["id"], 2)["webhook"]
-    assert job_of(a.url, job["id"])["webhook"] == shown
+    assert get_job(a.url, job["id"])["webhook"] == shown
     assert sorted(d["type"] for d in shown["delivered"]) == ["job.completed", "job.started"]
     assert all(d["attempts"] == 3 for d in shown["delivered"])
     assert len(hooks.taken("/flaky")) == 2

@@ -7,27 +7,19 @@ the loopback interface; the address rules themselves are in test_webhook_target.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from .sse_client import read_stream
+from .sse_client import get_job, read_stream
 from .test_limits import assert_error, metric
 from .waiting import wait_for
-from .webhook_receiver import Receiver, new_secret
+from .webhook_receiver import Receiver
 
 Start = Callable[..., Any]
-
-
-@pytest.fixture
-def receiver(serve_app: Callable[[Any], Any]) -> Iterator[tuple[Receiver, str]]:
-    hooks = Receiver(new_secret())
-    served = serve_app(hooks.app())
-    yield hooks, served.url
-    assert hooks.forged == [], "every request must carry a valid signature"
 
 
 @pytest.fixture
@@ -48,15 +40,10 @@ def submit(url: str, hook: str, events: list[str] | None = None, **extra: Any) -
     return job
 
 
-def job_of(url: str, job_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = httpx.get(f"{url}/api/jobs/{job_id}").json()
-    return job
-
-
 def wait_delivered(url: str, job_id: str, count: int) -> dict[str, Any]:
-    wait_for(lambda: (job := job_of(url, job_id))["webhook"]["pending"] == 0
+    wait_for(lambda: (job := get_job(url, job_id))["webhook"]["pending"] == 0
              and len(job["webhook"]["delivered"]) >= count, 30, f"{count} deliveries")
-    return job_of(url, job_id)
+    return get_job(url, job_id)
 
 
 def test_by_default_only_the_completed_job_is_delivered(service: Start,
@@ -72,7 +59,7 @@ def test_by_default_only_the_completed_job_is_delivered(service: Start,
     assert [r.payload["type"] for r in taken] == ["job.completed"]
     data = taken[0].payload["data"]
     assert (data["id"], data["status"], data["article"]) == (job["id"], "succeeded",
-                                                              job_of(app.url, job["id"])["article"])
+                                                              get_job(app.url, job["id"])["article"])
     assert taken[0].payload["timestamp"].endswith("Z")
     assert shown["delivered"] == [{"type": "job.completed", "id": taken[0].id, "attempts": 1}]
     assert shown["last_error"] is None
@@ -131,9 +118,9 @@ def test_a_redirect_is_not_followed(service: Start, receiver: tuple[Receiver, st
     hooks, base = receiver
     app = service(WEBHOOK_MAX_ATTEMPTS="2")
     job = submit(app.url, f"{base}/redirect")
-    wait_for(lambda: job_of(app.url, job["id"])["webhook"]["last_error"] is not None
-             and job_of(app.url, job["id"])["webhook"]["pending"] == 0, 30, "the delivery to fail")
-    shown = job_of(app.url, job["id"])["webhook"]
+    wait_for(lambda: get_job(app.url, job["id"])["webhook"]["last_error"] is not None
+             and get_job(app.url, job["id"])["webhook"]["pending"] == 0, 30, "the delivery to fail")
+    shown = get_job(app.url, job["id"])["webhook"]
     assert shown["delivered"] == []
     assert "307" in shown["last_error"] and "not followed" in shown["last_error"]
     assert len(hooks.at("/redirect")) == 2
